@@ -1,0 +1,1 @@
+"""Rota: round-robin assignment of WhatsApp Business chats to CRM users, decided in Redis."""

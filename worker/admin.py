@@ -1,0 +1,154 @@
+"""Account, number, group, presence and owner settings; ``number show``; dead letters.
+
+Inputs arrive validated (worker.words); every write of one command is one MULTI/EXEC.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from worker import keys, rules
+from worker.keys import group_name
+from worker.settings import Settings
+
+DEAD_LETTER_FIELDS = (b"error", b"detail", b"inbound_id", b"deliveries")
+
+
+def set_account(client: Any, account: str, admin: str) -> None:
+    client.hset(keys.account_settings(account), "admin", admin)
+
+
+def set_group(client: Any, account: str, group: str, users: Sequence[str]) -> None:
+    key = keys.group(account, group)
+    pipe = client.pipeline(transaction=True)
+    pipe.delete(key)
+    if users:
+        pipe.rpush(key, *users)
+    pipe.execute()
+
+
+def set_presence(client: Any, account: str, user: str, status: str) -> None:
+    client.hset(keys.presence(account), user, status)
+
+
+def set_owner(client: Any, account: str, number: str, customer: str, user: str) -> None:
+    client.hset(keys.owners(account, number), customer, user)
+
+
+def set_number(
+    client: Any,
+    account: str,
+    number: str,
+    members: Sequence[str] | None = None,
+    access: Sequence[str] | None = None,
+    assign_unknown: bool | None = None,
+    online_only: bool | None = None,
+    admin: str | None = None,
+) -> list[str]:
+    """Changes what is given, keeps the rest; new numbers get assign_unknown and online_only
+    on. Returns warnings: members that access leaves out."""
+    settings_key = keys.number(account, number)
+    fields = {"assign_unknown": 1, "online_only": 1, **client.hgetall(settings_key)}
+    for name, value in (("assign_unknown", assign_unknown), ("online_only", online_only)):
+        if value is not None:
+            fields[name] = int(value)
+    if admin is not None:
+        fields["admin"] = admin
+    pipe = client.pipeline(transaction=True)
+    pipe.hset(settings_key, mapping=fields)
+    for key, entries, write in (
+        (keys.members(account, number), members, pipe.rpush),
+        (keys.access(account, number), access, pipe.sadd),
+    ):
+        if entries is not None:
+            pipe.delete(key)
+            if entries:
+                write(key, *entries)
+    pipe.execute()
+    state = load_number(client, account, number)
+    may_use = rules.allowed(state)
+    outside = [u for u in rules.expand(state.members, state.groups) if may_use and u not in may_use]
+    return [f"member {user} has no access to {number} and will not get chats" for user in outside]
+
+
+def load_number(client: Any, account: str, number: str) -> rules.NumberState:
+    """A snapshot of one number for the rules model (owners left out: they can be millions)."""
+    settings = client.hgetall(keys.number(account, number))
+    members = client.lrange(keys.members(account, number), 0, -1)
+    access = set(client.smembers(keys.access(account, number)))
+    names = {n for n in map(group_name, [*members, *access]) if n is not None}
+    groups = {name: client.lrange(keys.group(account, name), 0, -1) for name in sorted(names)}
+    state = rules.NumberState(
+        members=members,
+        access=access,
+        groups=groups,
+        assign_unknown=settings.get("assign_unknown") != "0",
+        online_only=settings.get("online_only") != "0",
+        admin=settings.get("admin") or client.hget(keys.account_settings(account), "admin") or None,
+        cursor=int(client.get(keys.cursor(account, number)) or 0),
+    )
+    users = rules.expand(members, groups)
+    if users:
+        state.presence = dict(zip(users, client.hmget(keys.presence(account), users), strict=True))
+        state.presence = {u: s for u, s in state.presence.items() if s is not None}
+    return state
+
+
+def show_number(client: Any, account: str, number: str) -> dict[str, Any] | None:
+    """What an operator asks first about a number; None when it has no settings."""
+    settings = client.hgetall(keys.number(account, number))
+    if not settings:
+        return None
+    state = load_number(client, account, number)
+    next_choice = rules.decide(state, customer="")
+    return {
+        "account": account,
+        "number": number,
+        "settings": {
+            "assign_unknown": state.assign_unknown,
+            "online_only": state.online_only,
+            "admin": settings.get("admin") or None,
+            "effective_admin": state.admin,
+        },
+        "members": state.members,
+        "access": sorted(state.access),
+        "expanded_members": rules.rotation(state),
+        "presence": {u: state.presence.get(u, "unavailable") for u in rules.rotation(state)},
+        "eligible_now": rules.eligible(state),
+        "cursor": state.cursor,
+        "next": {"user": next_choice.user, "reason": next_choice.reason},
+        "known_customers": client.hlen(keys.owners(account, number)),
+    }
+
+
+def send(client: Any, settings: Settings, fields: dict[str, str]) -> str:
+    entry_id: str = client.xadd(settings.inbound_stream, fields)
+    return entry_id
+
+
+def dead_letters(
+    raw_client: Any, settings: Settings, count: int
+) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    """Oldest first; from a bytes client, since the fields may not be UTF-8."""
+    letters: list[tuple[bytes, dict[bytes, bytes]]] = raw_client.xrange(
+        settings.dead_stream, count=count
+    )
+    return letters
+
+
+def replay_dead(raw_client: Any, settings: Settings, count: int) -> list[tuple[str, str]]:
+    """Puts dead letters back on the inbound stream, oldest first, without their dead-letter
+    fields; each is added before it is deleted, so a crash duplicates rather than loses.
+    Returns (dead id, new inbound id) pairs. Uses a bytes client: fields may not be UTF-8."""
+    moved = []
+    for dead_id, fields in raw_client.xrange(settings.dead_stream, count=count):
+        original = {k: v for k, v in fields.items() if k not in DEAD_LETTER_FIELDS}
+        if not original:
+            original = {b"replayed_from": dead_id}
+        pipe = raw_client.pipeline(transaction=False)
+        pipe.xadd(settings.inbound_stream, original)
+        pipe.xdel(settings.dead_stream, dead_id)
+        new_id, _ = pipe.execute()
+        moved.append((dead_id.decode(), new_id.decode()))
+    return moved

@@ -1,0 +1,113 @@
+"""One decision per message: builds the assign script's KEYS/ARGV, runs a batch, parses replies."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis.exceptions import NoScriptError, ResponseError
+
+from worker import keys
+from worker.lua import Scripts
+from worker.messages import Message, Rejection
+
+# A number whose groups change between our calls again and again is retried this often.
+MAX_ATTEMPTS = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    user: str  # "" for unknown_disabled and no_admin
+    reason: str
+    at: int  # unix ms of the first decision of this message
+
+
+Outcome = Decision | Rejection | Exception
+
+
+def number_keys(account: str, number: str) -> tuple[str, ...]:
+    """KEYS[1..7] of assign.lua for one number."""
+    return (
+        keys.number(account, number),
+        keys.members(account, number),
+        keys.access(account, number),
+        keys.cursor(account, number),
+        keys.owners(account, number),
+        keys.presence(account),
+        keys.account_settings(account),
+    )
+
+
+class Assigner:
+    """Decides batches of messages; remembers which groups each number names."""
+
+    def __init__(self, scripts: Scripts, dedup_window_s: int) -> None:
+        self._script = scripts.assign
+        self._window_ms = dedup_window_s * 1000
+        self._keys: dict[tuple[str, str], tuple[str, ...]] = {}
+        self._groups: dict[tuple[str, str], tuple[str, ...]] = {}
+
+    def _queue(self, pipe: Any, message: Message, now_ms: int) -> None:
+        number = (message.account, message.number)
+        number_keys_ = self._keys.get(number) or self._keys.setdefault(number, number_keys(*number))
+        groups = self._groups.get(number, ())
+        bucket = now_ms // self._window_ms
+        script_keys = [
+            *number_keys_,
+            keys.dedup(message.account, bucket),
+            keys.dedup(message.account, bucket - 1),
+            *(keys.group(message.account, name) for name in groups),
+        ]
+        pipe.evalsha(
+            self._script.sha,
+            len(script_keys),
+            *script_keys,
+            message.customer,
+            f"{message.number}:{message.message_id}",
+            now_ms,
+            (bucket + 2) * self._window_ms,
+            *groups,
+        )
+
+    def _outcome(self, message: Message, reply: Any) -> Outcome | None:
+        """The outcome, or None when the call must be made again."""
+        if isinstance(reply, NoScriptError):
+            return None
+        if isinstance(reply, Exception):
+            return reply
+        head = reply[0]
+        if head == b"!groups":
+            self._groups[(message.account, message.number)] = tuple(g.decode() for g in reply[1:])
+            return None
+        if head == b"!unknown_number":
+            self._keys.pop((message.account, message.number), None)
+            detail = f"no settings for account {message.account} number {message.number}"
+            return Rejection("unknown_number", detail)
+        return Decision(head.decode(), reply[1].decode(), int(reply[2]))
+
+    def decide(self, client: Any, messages: Sequence[Message], now_ms: int) -> list[Outcome]:
+        """Decisions in the order given; one pipelined round trip unless a retry is needed.
+
+        EVALSHA is queued directly rather than through Script-in-pipeline, which would cost a
+        SCRIPT EXISTS round trip per batch; NOSCRIPT replies are reloaded and redone here.
+        """
+        outcomes: list[Outcome | None] = [None] * len(messages)
+        todo = list(range(len(messages)))
+        for _ in range(MAX_ATTEMPTS):
+            pipe = client.pipeline(transaction=False)
+            for i in todo:
+                self._queue(pipe, messages[i], now_ms)
+            replies = pipe.execute(raise_on_error=False)
+            if any(isinstance(reply, NoScriptError) for reply in replies):
+                # SCRIPT FLUSH or a restarted server: load once, redo only those calls.
+                self._script.sha = client.script_load(self._script.script)
+            for i, reply in zip(todo, replies, strict=True):
+                outcomes[i] = self._outcome(messages[i], reply)
+            todo = [i for i in todo if outcomes[i] is None]
+            if not todo:
+                break
+        return [
+            outcome if outcome is not None else ResponseError("groups changed during every try")
+            for outcome in outcomes
+        ]

@@ -1,0 +1,268 @@
+"""The ``rota`` command: parsing, formatting and exit codes only.
+
+Exit 0 on success; 2 and one line on stderr for bad input; 1 and one line for a runtime
+failure (Redis unreachable, ...). ``--traceback`` or ROTA_TRACEBACK=1 shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+import pydantic
+import redis
+
+from worker import admin, connection, embedded, words
+from worker.settings import Settings
+
+
+class BadInput(Exception):
+    """Exit 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise BadInput(message)
+
+
+def _list(text: str) -> list[str]:
+    try:
+        return words.members(text)
+    except words.InvalidWord as invalid:
+        raise argparse.ArgumentTypeError(str(invalid)) from None
+
+
+def _word(parse: Callable[[str], str]) -> Callable[[str], str]:
+    def convert(text: str) -> str:
+        try:
+            return parse(text)
+        except words.InvalidWord as invalid:
+            raise argparse.ArgumentTypeError(str(invalid)) from None
+
+    convert.__name__ = parse.__name__
+    return convert
+
+
+ACCOUNT, NUMBER, USER = _word(words.account), _word(words.phone), _word(words.user)
+CUSTOMER = _word(lambda text: words.phone(text, "customer"))
+GROUP, STATUS = _word(words.group), _word(words.status)
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="rota", description="Round-robin chat assignment on Redis.")
+    parser.add_argument("--traceback", action="store_true", help="show tracebacks on failure")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    worker = commands.add_parser("worker", help="consume inbound messages until stopped")
+    worker.add_argument("--burst", action="store_true", help="exit when nothing is left")
+    worker.set_defaults(run=cmd_worker)
+
+    account = commands.add_parser("account").add_subparsers(dest="verb", required=True)
+    account_set = account.add_parser("set", help="account settings")
+    account_set.add_argument("account", type=ACCOUNT)
+    account_set.add_argument("--admin", type=USER, required=True)
+    account_set.set_defaults(run=cmd_account_set)
+
+    number = commands.add_parser("number").add_subparsers(dest="verb", required=True)
+    number_set = number.add_parser("set", help="number settings")
+    number_set.add_argument("account", type=ACCOUNT)
+    number_set.add_argument("number", type=NUMBER)
+    number_set.add_argument("--members", type=_list, help="users and group:NAME, in order")
+    number_set.add_argument("--access", type=_list, help="users and group:NAME who use it")
+    number_set.add_argument("--assign-unknown", action=argparse.BooleanOptionalAction)
+    number_set.add_argument("--online-only", action=argparse.BooleanOptionalAction)
+    number_set.add_argument("--admin", type=USER)
+    number_set.set_defaults(run=cmd_number_set)
+    number_show = number.add_parser("show", help="settings, eligible users, who is next")
+    number_show.add_argument("account", type=ACCOUNT)
+    number_show.add_argument("number", type=NUMBER)
+    number_show.set_defaults(run=cmd_number_show)
+
+    group = commands.add_parser("group").add_subparsers(dest="verb", required=True)
+    group_set = group.add_parser("set", help="a group's users, in order")
+    group_set.add_argument("account", type=ACCOUNT)
+    group_set.add_argument("group", type=GROUP)
+    group_set.add_argument("users", type=USER, nargs="*")
+    group_set.set_defaults(run=cmd_group_set)
+
+    presence = commands.add_parser("presence").add_subparsers(dest="verb", required=True)
+    presence_set = presence.add_parser("set", help="a user's status")
+    presence_set.add_argument("account", type=ACCOUNT)
+    presence_set.add_argument("user", type=USER)
+    presence_set.add_argument("status", type=STATUS)
+    presence_set.set_defaults(run=cmd_presence_set)
+
+    owner = commands.add_parser("owner").add_subparsers(dest="verb", required=True)
+    owner_set = owner.add_parser("set", help="mark a known contact")
+    owner_set.add_argument("account", type=ACCOUNT)
+    owner_set.add_argument("number", type=NUMBER)
+    owner_set.add_argument("customer", type=CUSTOMER)
+    owner_set.add_argument("user", type=USER)
+    owner_set.set_defaults(run=cmd_owner_set)
+
+    send = commands.add_parser("send", help="push one inbound message")
+    send.add_argument("--account", type=ACCOUNT, default=words.DEFAULT_ACCOUNT)
+    send.add_argument("number", type=NUMBER)
+    send.add_argument("customer", metavar="FROM", type=CUSTOMER)
+    send.add_argument("--message-id")
+    send.add_argument("--text")
+    send.set_defaults(run=cmd_send)
+
+    dead = commands.add_parser("dead").add_subparsers(dest="verb", required=True)
+    dead_list = dead.add_parser("list", help="dead letters as JSON lines, oldest first")
+    dead_list.add_argument("--count", type=int, default=100)
+    dead_list.set_defaults(run=cmd_dead_list)
+    dead_replay = dead.add_parser("replay", help="put dead letters back on the inbound stream")
+    dead_replay.add_argument("--count", type=int, default=1_000_000)
+    dead_replay.set_defaults(run=cmd_dead_replay)
+
+    demo = commands.add_parser("demo", help="the product sheet's four cases, end to end")
+    demo.set_defaults(run=cmd_demo)
+
+    server = commands.add_parser("embedded").add_subparsers(dest="verb", required=True)
+    server.add_parser("url", help="start the embedded Redis if needed, print its URL").set_defaults(
+        run=cmd_embedded_url
+    )
+    server.add_parser("stop", help="stop this folder's embedded Redis").set_defaults(
+        run=cmd_embedded_stop
+    )
+    return parser
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.log import logger
+    from worker.runner import Runner, handle_signals
+
+    runner = Runner(connection.connect(settings), settings, logger(settings))
+    handle_signals(runner)
+    return runner.run(burst=args.burst)
+
+
+def cmd_account_set(args: argparse.Namespace, settings: Settings) -> int:
+    admin.set_account(connection.connect(settings, decode=True), args.account, args.admin)
+    return 0
+
+
+def cmd_number_set(args: argparse.Namespace, settings: Settings) -> int:
+    warnings = admin.set_number(
+        connection.connect(settings, decode=True),
+        args.account,
+        args.number,
+        members=args.members,
+        access=args.access,
+        assign_unknown=args.assign_unknown,
+        online_only=args.online_only,
+        admin=args.admin,
+    )
+    for warning in warnings:
+        print(f"rota: warning: {warning}", file=sys.stderr)
+    return 0
+
+
+def cmd_number_show(args: argparse.Namespace, settings: Settings) -> int:
+    shown = admin.show_number(connection.connect(settings, decode=True), args.account, args.number)
+    if shown is None:
+        raise BadInput(f"no settings for account {args.account} number {args.number}")
+    print(json.dumps(shown, indent=2))
+    return 0
+
+
+def cmd_group_set(args: argparse.Namespace, settings: Settings) -> int:
+    admin.set_group(connection.connect(settings, decode=True), args.account, args.group, args.users)
+    return 0
+
+
+def cmd_presence_set(args: argparse.Namespace, settings: Settings) -> int:
+    client = connection.connect(settings, decode=True)
+    admin.set_presence(client, args.account, args.user, args.status)
+    return 0
+
+
+def cmd_owner_set(args: argparse.Namespace, settings: Settings) -> int:
+    client = connection.connect(settings, decode=True)
+    admin.set_owner(client, args.account, args.number, args.customer, args.user)
+    return 0
+
+
+def cmd_send(args: argparse.Namespace, settings: Settings) -> int:
+    fields = {"account": args.account, "number": args.number, "from": args.customer}
+    if args.message_id:
+        fields["message_id"] = args.message_id
+    if args.text:
+        fields["text"] = args.text
+    print(admin.send(connection.connect(settings, decode=True), settings, fields))
+    return 0
+
+
+def _printable(value: bytes) -> str:
+    return value.decode(errors="backslashreplace")
+
+
+def cmd_dead_list(args: argparse.Namespace, settings: Settings) -> int:
+    for dead_id, fields in admin.dead_letters(connection.connect(settings), settings, args.count):
+        shown = {_printable(k): _printable(v) for k, v in fields.items()}
+        print(json.dumps({"id": _printable(dead_id), **shown}))
+    return 0
+
+
+def cmd_dead_replay(args: argparse.Namespace, settings: Settings) -> int:
+    moved = admin.replay_dead(connection.connect(settings), settings, args.count)
+    print(f"replayed {len(moved)} dead letters onto {settings.inbound_stream}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.demo import run_demo
+
+    return run_demo(settings)
+
+
+def cmd_embedded_url(args: argparse.Namespace, settings: Settings) -> int:
+    print(embedded.ensure(Path(settings.home)))
+    return 0
+
+
+def cmd_embedded_stop(args: argparse.Namespace, settings: Settings) -> int:
+    stopped = embedded.stop(Path(settings.home))
+    print("stopped" if stopped else "not running")
+    return 0
+
+
+def _fail(code: int, message: str, show_traceback: bool) -> int:
+    if show_traceback:
+        import traceback
+
+        traceback.print_exc()
+    print(f"rota: {message}".splitlines()[0], file=sys.stderr)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    show_traceback = os.environ.get("ROTA_TRACEBACK") == "1"
+    try:
+        args = build_parser().parse_args(argv)
+        show_traceback = show_traceback or args.traceback
+        settings = Settings()
+        code: int = args.run(args, settings)
+        return code
+    except BadInput as bad:
+        return _fail(2, f"error: {bad}", show_traceback)
+    except pydantic.ValidationError as invalid:
+        error = invalid.errors()[0]
+        where = "ROTA_" + str(error["loc"][0]).upper() if error["loc"] else "settings"
+        return _fail(2, f"error: {where}: {error['msg']}", show_traceback)
+    except (redis.ConnectionError, redis.TimeoutError) as unreachable:
+        return _fail(1, f"error: redis unreachable: {unreachable}", show_traceback)
+    except (redis.RedisError, embedded.EmbeddedError, OSError) as failure:
+        return _fail(1, f"error: {failure}", show_traceback)
+    except KeyboardInterrupt:
+        return 130
+
+
+def entry() -> NoReturn:
+    sys.exit(main())

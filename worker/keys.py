@@ -1,0 +1,60 @@
+"""Every Redis key name Rota uses. The only module that spells ``rota:``.
+
+Keys of one account carry the hash tag ``{ACCOUNT}`` so a decision touches one Cluster slot.
+"""
+
+from __future__ import annotations
+
+PREFIX = "rota"
+GROUP_REF = "group:"
+
+
+def account_prefix(account: str) -> str:
+    return f"{PREFIX}:{{{account}}}"
+
+
+def presence(account: str) -> str:
+    return f"{account_prefix(account)}:presence"
+
+
+def account_settings(account: str) -> str:
+    return f"{account_prefix(account)}:settings"
+
+
+def group(account: str, name: str) -> str:
+    return f"{account_prefix(account)}:group:{name}"
+
+
+def number(account: str, number: str) -> str:
+    return f"{account_prefix(account)}:number:{number}"
+
+
+def members(account: str, number_: str) -> str:
+    return f"{number(account, number_)}:members"
+
+
+def access(account: str, number_: str) -> str:
+    return f"{number(account, number_)}:access"
+
+
+def cursor(account: str, number_: str) -> str:
+    return f"{number(account, number_)}:cursor"
+
+
+def owners(account: str, number_: str) -> str:
+    return f"{number(account, number_)}:owners"
+
+
+def dedup(account: str, bucket: int) -> str:
+    """Decisions already made, by ``NUMBER:MESSAGE_ID``, for one time bucket."""
+    return f"{account_prefix(account)}:dedup:{bucket}"
+
+
+def account_pattern(account: str) -> str:
+    """SCAN pattern for every key of one account (braces are not special in Redis globs)."""
+    return f"{account_prefix(account)}:*"
+
+
+def group_name(entry: str) -> str | None:
+    """``group:NAME`` -> ``NAME``; a plain user -> None."""
+    return entry[len(GROUP_REF) :] if entry.startswith(GROUP_REF) else None
