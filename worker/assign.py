@@ -48,7 +48,8 @@ class Assigner:
         self._keys: dict[tuple[str, str], tuple[str, ...]] = {}
         self._groups: dict[tuple[str, str], tuple[str, ...]] = {}
 
-    def _queue(self, pipe: Any, message: Message, now_ms: int) -> None:
+    def call(self, message: Message, now_ms: int) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of assign.lua for one message (also what the benchmark replays)."""
         number = (message.account, message.number)
         number_keys_ = self._keys.get(number) or self._keys.setdefault(number, number_keys(*number))
         groups = self._groups.get(number, ())
@@ -59,16 +60,18 @@ class Assigner:
             keys.dedup(message.account, bucket - 1),
             *(keys.group(message.account, name) for name in groups),
         ]
-        pipe.evalsha(
-            self._script.sha,
-            len(script_keys),
-            *script_keys,
+        args = [
             message.customer,
             f"{message.number}:{message.message_id}",
             now_ms,
             (bucket + 2) * self._window_ms,
             *groups,
-        )
+        ]
+        return script_keys, args
+
+    def _queue(self, pipe: Any, message: Message, now_ms: int) -> None:
+        script_keys, args = self.call(message, now_ms)
+        pipe.evalsha(self._script.sha, len(script_keys), *script_keys, *args)
 
     def _outcome(self, message: Message, reply: Any) -> Outcome | None:
         """The outcome, or None when the call must be made again."""
