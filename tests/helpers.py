@@ -4,17 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
-import structlog
-
 from worker import admin
+from worker.log import logger
 from worker.runner import Runner
 from worker.settings import Settings
 
 ACCOUNT, NUMBER = "acme", "15550001000"
 
 
-def given_number(rd: Any, members: list[str], account: str = ACCOUNT, number: str = NUMBER,
-                 **number_settings: Any) -> None:
+def given_number(
+    rd: Any,
+    members: list[str],
+    account: str = ACCOUNT,
+    number: str = NUMBER,
+    **number_settings: Any,
+) -> None:
     admin.set_number(rd, account, number, members=members, **number_settings)
 
 
@@ -23,15 +27,20 @@ def given_presence(rd: Any, account: str = ACCOUNT, **statuses: str) -> None:
         admin.set_presence(rd, account, user, status)
 
 
-def send(rd: Any, settings: Settings, customer: str, account: str = ACCOUNT,
-         number: str = NUMBER, **extra: str) -> str:
+def send(
+    rd: Any,
+    settings: Settings,
+    customer: str,
+    account: str = ACCOUNT,
+    number: str = NUMBER,
+    **extra: str,
+) -> str:
     fields = {"account": account, "number": number, "from": customer, **extra}
     return admin.send(rd, settings, fields)
 
 
 def run_burst(rb: Any, settings: Settings, consumer: str = "test") -> int:
-    log = structlog.wrap_logger(structlog.testing.CapturingLogger())
-    return Runner(rb, settings, log, consumer=consumer).run(burst=True)
+    return Runner(rb, settings, logger(settings), consumer=consumer).run(burst=True)
 
 
 def events(rd: Any, settings: Settings) -> list[dict[str, str]]:

@@ -68,7 +68,10 @@ def set_number(
     pipe.execute()
     state = load_number(client, account, number)
     may_use = rules.allowed(state)
-    outside = [u for u in rules.expand(state.members, state.groups) if may_use and u not in may_use]
+    if may_use is None:
+        return []
+    members_ = dict.fromkeys(rules.expand(state.members, state.groups))  # first place kept
+    outside = [user for user in members_ if user not in may_use]
     return [f"member {user} has no access to {number} and will not get chats" for user in outside]
 
 

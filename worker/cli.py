@@ -37,6 +37,12 @@ def _list(text: str) -> list[str]:
         raise argparse.ArgumentTypeError(str(invalid)) from None
 
 
+def _count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"count {text!r} must be a whole number of at least 1")
+    return int(text)
+
+
 def _word(parse: Callable[[str], str]) -> Callable[[str], str]:
     def convert(text: str) -> str:
         try:
@@ -115,10 +121,10 @@ def build_parser() -> Parser:
 
     dead = commands.add_parser("dead").add_subparsers(dest="verb", required=True)
     dead_list = dead.add_parser("list", help="dead letters as JSON lines, oldest first")
-    dead_list.add_argument("--count", type=int, default=100)
+    dead_list.add_argument("--count", type=_count, default=100)
     dead_list.set_defaults(run=cmd_dead_list)
     dead_replay = dead.add_parser("replay", help="put dead letters back on the inbound stream")
-    dead_replay.add_argument("--count", type=int, default=1_000_000)
+    dead_replay.add_argument("--count", type=_count, default=1_000_000)
     dead_replay.set_defaults(run=cmd_dead_replay)
 
     demo = commands.add_parser("demo", help="the product sheet's four cases, end to end")

@@ -1,0 +1,417 @@
+"""The ``rota`` command as operators run it: a subprocess, exit codes, stdout and stderr."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.helpers import ACCOUNT, NUMBER, dead, events, run_burst, send
+from tests.redis_server import RedisServer
+from worker import admin, cli, keys
+from worker.settings import Settings
+
+CUSTOMER = "447700900123"
+UNREACHABLE = "redis://127.0.0.1:1/0"
+
+Rota = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def run_rota(url: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``rota ARGS`` with only ROTA_REDIS_URL (and ``env``) set among the ROTA_ variables."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("ROTA_")}
+    environ.update({"ROTA_REDIS_URL": url, "ROTA_LOG_LEVEL": "warning", **env})
+    return subprocess.run(
+        [sys.executable, "-m", "worker", *args],
+        cwd=ROOT,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.fixture
+def rota(redis_server: RedisServer, rb: Any) -> Rota:
+    """Runs ``rota`` against the test server, emptied for this test."""
+
+    def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return run_rota(redis_server.url, *args, **env)
+
+    return run
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> str:
+    assert (result.returncode, result.stderr) == (0, ""), result.stderr
+    return result.stdout
+
+
+def assert_one_line_failure(result: subprocess.CompletedProcess[str], code: int) -> str:
+    assert result.returncode == code, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("rota: error: "), lines[0]
+    assert result.stdout == ""
+    return lines[0]
+
+
+# Each command.
+
+
+def test_account_set_writes_the_accounts_admin(rota: Rota, rd: Any) -> None:
+    ok(rota("account", "set", ACCOUNT, "--admin", "boss@example.com"))
+
+    assert rd.hgetall(keys.account_settings(ACCOUNT)) == {"admin": "boss@example.com"}
+
+
+def test_number_set_normalises_the_number_and_writes_every_setting(rota: Rota, rd: Any) -> None:
+    ok(
+        rota(
+            "number",
+            "set",
+            ACCOUNT,
+            "+1 (555) 000-1000",
+            "--members",
+            "alice, group:sales,bob",
+            "--access",
+            "alice,bob,group:sales",
+            "--no-online-only",
+            "--admin",
+            "boss",
+        )
+    )
+
+    assert rd.hgetall(keys.number(ACCOUNT, NUMBER)) == {
+        "assign_unknown": "1",
+        "online_only": "0",
+        "admin": "boss",
+    }
+    assert rd.lrange(keys.members(ACCOUNT, NUMBER), 0, -1) == ["alice", "group:sales", "bob"]
+    assert rd.smembers(keys.access(ACCOUNT, NUMBER)) == {"alice", "bob", "group:sales"}
+
+
+def test_number_set_defaults_and_keeps_what_is_not_given(rota: Rota, rd: Any) -> None:
+    ok(rota("number", "set", ACCOUNT, NUMBER, "--members", "alice,bob", "--access", "alice,bob"))
+    assert rd.hgetall(keys.number(ACCOUNT, NUMBER)) == {"assign_unknown": "1", "online_only": "1"}
+
+    ok(rota("number", "set", ACCOUNT, NUMBER, "--no-assign-unknown"))
+
+    assert rd.hgetall(keys.number(ACCOUNT, NUMBER)) == {"assign_unknown": "0", "online_only": "1"}
+    assert rd.lrange(keys.members(ACCOUNT, NUMBER), 0, -1) == ["alice", "bob"]
+    assert rd.smembers(keys.access(ACCOUNT, NUMBER)) == {"alice", "bob"}
+
+    ok(rota("number", "set", ACCOUNT, NUMBER, "--members", "", "--access", ""))
+
+    assert rd.exists(keys.members(ACCOUNT, NUMBER), keys.access(ACCOUNT, NUMBER)) == 0
+
+
+def test_number_set_warns_about_members_outside_access(rota: Rota, rd: Any) -> None:
+    admin.set_group(rd, ACCOUNT, "sales", ["bob", "carol"])
+
+    result = rota(
+        "number", "set", ACCOUNT, NUMBER, "--members", "alice,group:sales", "--access", "bob"
+    )
+
+    assert result.returncode == 0
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2, result.stderr
+    assert all(line.startswith("rota: warning: ") for line in lines)
+    assert "alice" in lines[0] and "carol" in lines[1]
+    assert "bob" not in result.stderr
+    assert rd.lrange(keys.members(ACCOUNT, NUMBER), 0, -1) == ["alice", "group:sales"]
+
+
+def test_number_set_warns_when_access_names_only_an_empty_group(rota: Rota) -> None:
+    result = rota(
+        "number", "set", ACCOUNT, NUMBER, "--members", "alice", "--access", "group:nobody"
+    )
+
+    assert result.returncode == 0
+    assert result.stderr.startswith("rota: warning: member alice has no access"), result.stderr
+
+
+def test_number_show_prints_settings_eligible_cursor_and_next(rota: Rota, rd: Any) -> None:
+    admin.set_group(rd, ACCOUNT, "sales", ["bob", "carol", "alice"])
+    admin.set_number(rd, ACCOUNT, NUMBER, members=["alice", "group:sales", "dave"])
+    admin.set_presence(rd, ACCOUNT, "bob", "available")
+    rd.hset(keys.presence(ACCOUNT), "dave", "Available")  # the CRM's own HSET
+    admin.set_presence(rd, ACCOUNT, "carol", "in_break")
+    rd.set(keys.cursor(ACCOUNT, NUMBER), 6)  # 6 mod 4 = 2: carol, skipped; dave next
+
+    shown = json.loads(ok(rota("number", "show", ACCOUNT, NUMBER)))
+
+    assert shown["account"] == ACCOUNT and shown["number"] == NUMBER
+    assert shown["settings"]["assign_unknown"] is True
+    assert shown["settings"]["online_only"] is True
+    assert shown["members"] == ["alice", "group:sales", "dave"]
+    assert shown["expanded_members"] == ["alice", "bob", "carol", "dave"]
+    assert shown["eligible_now"] == ["bob", "dave"]
+    assert shown["cursor"] == 6
+    assert shown["next"] == {"user": "dave", "reason": "round_robin"}
+
+
+def test_number_show_names_the_admin_when_nobody_is_eligible(rota: Rota, rd: Any) -> None:
+    admin.set_account(rd, ACCOUNT, "boss")
+    admin.set_number(rd, ACCOUNT, NUMBER, members=["alice"])
+
+    shown = json.loads(ok(rota("number", "show", ACCOUNT, "+1-555-000-1000")))
+
+    assert shown["eligible_now"] == []
+    assert shown["cursor"] == 0
+    assert shown["settings"]["effective_admin"] == "boss"
+    assert shown["next"] == {"user": "boss", "reason": "admin_fallback"}
+
+
+def test_group_set_replaces_the_groups_users_in_order(rota: Rota, rd: Any) -> None:
+    ok(rota("group", "set", ACCOUNT, "sales", "carol", "alice@example.com", "bob"))
+    assert rd.lrange(keys.group(ACCOUNT, "sales"), 0, -1) == ["carol", "alice@example.com", "bob"]
+
+    ok(rota("group", "set", ACCOUNT, "sales"))
+    assert rd.lrange(keys.group(ACCOUNT, "sales"), 0, -1) == []
+
+
+@pytest.mark.parametrize(
+    ("given", "stored"),
+    [
+        ("In Break", "in_break"),
+        ("in-break", "in_break"),
+    ],
+)
+def test_presence_set_accepts_any_case_spaces_and_dashes(
+    rota: Rota, rd: Any, given: str, stored: str
+) -> None:
+    ok(rota("presence", "set", ACCOUNT, "alice", given))
+
+    assert rd.hgetall(keys.presence(ACCOUNT)) == {"alice": stored}
+
+
+def test_owner_set_marks_a_known_contact(rota: Rota, rd: Any) -> None:
+    ok(rota("owner", "set", ACCOUNT, NUMBER, "+44 7700 900123", "alice"))
+
+    assert rd.hgetall(keys.owners(ACCOUNT, NUMBER)) == {CUSTOMER: "alice"}
+
+
+def test_send_pushes_one_inbound_message_and_prints_its_id(
+    rota: Rota, rd: Any, settings: Settings
+) -> None:
+    out = ok(
+        rota("send", "--account", ACCOUNT, "+1 555 000 1000", "+44 7700 900123",
+             "--message-id", "wamid.X", "--text", "hello")
+    )  # fmt: skip
+
+    [(entry_id, fields)] = rd.xrange(settings.inbound_stream)
+    assert out == f"{entry_id}\n"
+    assert fields == {
+        "account": ACCOUNT,
+        "number": NUMBER,
+        "from": CUSTOMER,
+        "message_id": "wamid.X",
+        "text": "hello",
+    }
+
+
+def test_send_without_account_uses_the_default_account(
+    rota: Rota, rd: Any, settings: Settings
+) -> None:
+    ok(rota("send", NUMBER, CUSTOMER))
+
+    [(_, fields)] = rd.xrange(settings.inbound_stream)
+    assert fields == {"account": "default", "number": NUMBER, "from": CUSTOMER}
+
+
+def test_send_then_worker_burst_publishes_the_decision(
+    rota: Rota, rd: Any, settings: Settings
+) -> None:
+    admin.set_number(rd, ACCOUNT, NUMBER, members=["alice", "bob"], online_only=False)
+    entry_id = ok(rota("send", "--account", ACCOUNT, NUMBER, CUSTOMER, "--message-id", "w.1"))
+
+    ok(rota("worker", "--burst"))
+
+    [decision] = events(rd, settings)
+    assert decision["inbound_id"] == entry_id.strip()
+    assert (decision["user"], decision["reason"], decision["message_id"]) == (
+        "alice",
+        "round_robin",
+        "w.1",
+    )
+
+
+def test_dead_list_and_replay_round_trip(rota: Rota, rd: Any, rb: Any, settings: Settings) -> None:
+    entry_id = send(rd, settings, CUSTOMER, message_id="w.1")
+    assert run_burst(rb, settings) == 0  # the number has no settings yet
+
+    [listed] = [json.loads(line) for line in ok(rota("dead", "list")).splitlines()]
+    assert listed.pop("id")
+    assert listed == {
+        "account": ACCOUNT,
+        "number": NUMBER,
+        "from": CUSTOMER,
+        "message_id": "w.1",
+        "error": "unknown_number",
+        "detail": f"no settings for account {ACCOUNT} number {NUMBER}",
+        "inbound_id": entry_id,
+        "deliveries": "1",
+    }
+
+    admin.set_number(rd, ACCOUNT, NUMBER, members=["alice"], online_only=False)
+    assert ok(rota("dead", "replay")) == f"replayed 1 dead letters onto {settings.inbound_stream}\n"
+
+    assert dead(rd, settings) == []
+    assert ok(rota("dead", "list")) == ""
+    replayed = rd.xrange(settings.inbound_stream)[-1][1]
+    assert replayed == {"account": ACCOUNT, "number": NUMBER, "from": CUSTOMER, "message_id": "w.1"}
+    assert run_burst(rb, settings) == 0
+    assert [(e["user"], e["reason"], e["message_id"]) for e in events(rd, settings)] == [
+        ("alice", "round_robin", "w.1")
+    ]
+
+
+def test_dead_list_shows_and_replay_keeps_fields_that_are_not_utf8(
+    rota: Rota, rb: Any, settings: Settings
+) -> None:
+    rb.xadd(settings.dead_stream, {b"number": b"\xff\xfe", b"error": b"invalid_field"})
+
+    [listed] = [json.loads(line) for line in ok(rota("dead", "list")).splitlines()]
+    assert listed["number"] == "\\xff\\xfe"
+    assert listed["error"] == "invalid_field"
+
+    ok(rota("dead", "replay"))
+
+    [(_, fields)] = rb.xrange(settings.inbound_stream)
+    assert fields == {b"number": b"\xff\xfe"}
+
+
+# Bad input: exit 2, one line, no traceback. Runtime failures: exit 1, one line.
+# These never reach Redis (they fail parsing, or Redis is unreachable), so they run all at
+# once, in a pool, the first time a test asks for them: each is one interpreter start.
+
+BAD_INPUT = {
+    "bad-account": ["account", "set", "acme corp", "--admin", "boss"],
+    "bad-number": ["number", "set", ACCOUNT, "12345"],
+    "bad-status": ["presence", "set", ACCOUNT, "alice", "sleeping"],
+    "unknown-subcommand": ["account", "frob"],
+    "missing-argument": ["presence", "set", ACCOUNT, "alice"],
+}
+# More bad input, run in-process through the same entry point (one interpreter start each
+# would make this table slow): exit 2 and one line on stderr all the same.
+MORE_BAD_INPUT = {
+    "no-command": [],
+    "unknown-command": ["frobnicate"],
+    "long-account": ["account", "set", "x" * 65, "--admin", "boss"],
+    "missing-option": ["account", "set", ACCOUNT],
+    "bad-user": ["account", "set", ACCOUNT, "--admin", "bo ss"],
+    "long-number": ["number", "set", ACCOUNT, "1234567890123456"],
+    "letters-in-number": ["number", "show", ACCOUNT, "555-CALL-NOW"],
+    "bad-group-in-list": ["number", "set", ACCOUNT, NUMBER, "--members", "alice,group:"],
+    "bad-user-in-list": ["number", "set", ACCOUNT, NUMBER, "--access", "alice,b b"],
+    "missing-number": ["number", "show", ACCOUNT],
+    "bad-group-name": ["group", "set", ACCOUNT, "sales team", "bob"],
+    "bad-user-in-group": ["group", "set", ACCOUNT, "sales", "bob", "al ice"],
+    "missing-user": ["owner", "set", ACCOUNT, NUMBER, CUSTOMER],
+    "bad-customer": ["owner", "set", ACCOUNT, NUMBER, "12", "alice"],
+    "missing-from": ["send", NUMBER],
+    "bad-send-account": ["send", "--account", "a/b", NUMBER, CUSTOMER],
+    "bad-count": ["dead", "list", "--count", "many"],
+    "zero-count": ["dead", "list", "--count", "0"],
+    "negative-count": ["dead", "replay", "--count", "-1"],
+}
+UNREACHABLE_COMMANDS = {
+    "account-set": ["account", "set", ACCOUNT, "--admin", "boss"],
+    "number-show": ["number", "show", ACCOUNT, NUMBER],
+}
+TRACEBACK = ["--traceback", "account", "set", ACCOUNT, "--admin", "boss"]
+SETTINGS_ARGS = ["account", "set", ACCOUNT, "--admin", "boss"]
+
+
+@pytest.fixture(scope="module")
+def failures(redis_server: RedisServer) -> dict[str, subprocess.CompletedProcess[str]]:
+    """Each failing run once, all started together (they never touch the test's data)."""
+    runs: dict[str, tuple[str, list[str], dict[str, str]]] = {
+        **{f"bad:{name}": (redis_server.url, args, {}) for name, args in BAD_INPUT.items()},
+        **{f"down:{name}": (UNREACHABLE, args, {}) for name, args in UNREACHABLE_COMMANDS.items()},
+        "traceback": (UNREACHABLE, TRACEBACK, {}),
+        "bad-setting": (redis_server.url, SETTINGS_ARGS, {"ROTA_MAX_DELIVERIES": "many"}),
+    }
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        futures = {
+            name: pool.submit(run_rota, url, *args, **env)
+            for name, (url, args, env) in runs.items()
+        }
+        return {name: future.result() for name, future in futures.items()}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUT))
+def test_bad_input_exits_2_with_one_line_and_no_traceback(
+    failures: dict[str, subprocess.CompletedProcess[str]], case: str
+) -> None:
+    assert_one_line_failure(failures[f"bad:{case}"], 2)
+
+
+def test_bad_input_names_what_is_wrong(
+    failures: dict[str, subprocess.CompletedProcess[str]],
+) -> None:
+    assert "acme corp" in failures["bad:bad-account"].stderr
+    assert "12345" in failures["bad:bad-number"].stderr
+    assert "sleeping" in failures["bad:bad-status"].stderr
+    assert "frob" in failures["bad:unknown-subcommand"].stderr
+
+
+@pytest.mark.parametrize("case", sorted(MORE_BAD_INPUT))
+def test_more_bad_input_exits_2_with_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    monkeypatch.delenv("ROTA_TRACEBACK", raising=False)
+    monkeypatch.setenv("ROTA_REDIS_URL", UNREACHABLE)  # were it reached, the exit would be 1
+
+    code = cli.main(MORE_BAD_INPUT[case])
+
+    captured = capsys.readouterr()
+    assert_one_line_failure(subprocess.CompletedProcess([], code, captured.out, captured.err), 2)
+
+
+def test_number_show_of_an_unknown_number_exits_2(rota: Rota) -> None:
+    line = assert_one_line_failure(rota("number", "show", ACCOUNT, NUMBER), 2)
+
+    assert NUMBER in line
+
+
+def test_bad_setting_in_the_environment_exits_2_naming_it(
+    failures: dict[str, subprocess.CompletedProcess[str]],
+) -> None:
+    assert "ROTA_MAX_DELIVERIES" in assert_one_line_failure(failures["bad-setting"], 2)
+
+
+@pytest.mark.parametrize("case", sorted(UNREACHABLE_COMMANDS))
+def test_redis_unreachable_exits_1_with_one_line(
+    failures: dict[str, subprocess.CompletedProcess[str]], case: str
+) -> None:
+    line = assert_one_line_failure(failures[f"down:{case}"], 1)
+
+    assert "redis unreachable" in line
+
+
+def test_traceback_flag_shows_the_traceback(
+    failures: dict[str, subprocess.CompletedProcess[str]],
+) -> None:
+    result = failures["traceback"]
+
+    assert result.returncode == 1
+    assert result.stderr.startswith("Traceback (most recent call last):")
+    assert result.stderr.splitlines()[-1].startswith("rota: error: redis unreachable")
+
+
+def test_traceback_variable_shows_the_traceback_of_bad_input(rota: Rota) -> None:
+    result = rota("number", "show", ACCOUNT, NUMBER, ROTA_TRACEBACK="1")
+
+    assert result.returncode == 2
+    assert "Traceback (most recent call last):" in result.stderr
+    assert result.stderr.splitlines()[-1].startswith("rota: error: no settings")
