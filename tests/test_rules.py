@@ -192,6 +192,29 @@ def test_groups_expand_in_place_in_the_groups_order(rd: Any, rb: Any, settings: 
     assert users == ["alice", "carol", "bob", "dave", "alice"]
 
 
+def test_group_change_reaches_the_next_decision(rd: Any, rb: Any, settings: Settings) -> None:
+    admin.set_group(rd, ACCOUNT, "sales", ["alice", "bob"])
+    given_number(rd, ["group:sales"], online_only=False)
+    assert decided(rd, rb, settings, CUSTOMER) == [("alice", "round_robin")]
+
+    admin.set_group(rd, ACCOUNT, "sales", ["carol"])
+
+    assert decided(rd, rb, settings, OTHER) == [("carol", "round_robin")]
+
+
+def test_members_edited_by_hand_count_once_the_version_is_bumped(
+    rd: Any, rb: Any, settings: Settings
+) -> None:
+    given_number(rd, ["alice"], online_only=False)
+    assert decided(rd, rb, settings, CUSTOMER) == [("alice", "round_robin")]
+
+    rd.delete(keys.members(ACCOUNT, NUMBER))
+    rd.rpush(keys.members(ACCOUNT, NUMBER), "bob")
+    rd.incr(keys.version(ACCOUNT))  # as the README asks of hand edits
+
+    assert decided(rd, rb, settings, OTHER) == [("bob", "round_robin")]
+
+
 def test_duplicates_are_dropped_keeping_the_first_place(
     rd: Any, rb: Any, settings: Settings
 ) -> None:
