@@ -8,7 +8,7 @@ from typing import Any
 
 from redis.exceptions import NoScriptError, ResponseError
 
-from worker import keys
+from worker import keys, wire
 from worker.lua import Scripts
 from worker.messages import Message, Rejection
 
@@ -73,9 +73,9 @@ class Assigner:
         ]
         return script_keys, args
 
-    def _queue(self, pipe: Any, message: Message, now_ms: int) -> None:
+    def _command(self, message: Message, now_ms: int) -> wire.Command:
         script_keys, args = self.call(message, now_ms)
-        pipe.evalsha(self._script.sha, len(script_keys), *script_keys, *args)
+        return ("EVALSHA", self._script.sha, len(script_keys), *script_keys, *args)
 
     def _outcome(self, message: Message, reply: Any) -> Outcome | None:
         """The outcome, or None when the call must be made again."""
@@ -94,18 +94,15 @@ class Assigner:
         return Decision(head.decode(), reply[1].decode(), int(reply[2]))
 
     def decide(self, client: Any, messages: Sequence[Message], now_ms: int) -> list[Outcome]:
-        """Decisions in the order given; one pipelined round trip unless a retry is needed.
+        """Decisions in the order given; one round trip unless a retry is needed.
 
-        EVALSHA is queued directly rather than through Script-in-pipeline, which would cost a
+        EVALSHA is sent directly rather than through Script-in-pipeline, which would cost a
         SCRIPT EXISTS round trip per batch; NOSCRIPT replies are reloaded and redone here.
         """
         outcomes: list[Outcome | None] = [None] * len(messages)
         todo = list(range(len(messages)))
         for _ in range(MAX_ATTEMPTS):
-            pipe = client.pipeline(transaction=False)
-            for i in todo:
-                self._queue(pipe, messages[i], now_ms)
-            replies = pipe.execute(raise_on_error=False)
+            replies = wire.execute(client, [self._command(messages[i], now_ms) for i in todo])
             if any(isinstance(reply, NoScriptError) for reply in replies):
                 # SCRIPT FLUSH or a restarted server: load once, redo only those calls.
                 self._script.sha = client.script_load(self._script.script)

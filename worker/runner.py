@@ -43,17 +43,18 @@ def dead_letter(entry: Entry, error: str, detail: str) -> dict[Any, Any]:
     }
 
 
-def event(message: Message, decision: Decision) -> dict[str, Any]:
-    return {
-        "account": message.account,
-        "number": message.number,
-        "customer": message.customer,
-        "message_id": message.message_id,
-        "inbound_id": message.inbound_id,
-        "user": decision.user,
-        "reason": decision.reason,
-        "at": decision.at,
-    }
+def event(message: Message, decision: Decision) -> tuple[Any, ...]:
+    """The contract's fields of one decision on rota:assignments, as field/value pairs."""
+    return (
+        "account", message.account,
+        "number", message.number,
+        "customer", message.customer,
+        "message_id", message.message_id,
+        "inbound_id", message.inbound_id,
+        "user", decision.user,
+        "reason", decision.reason,
+        "at", decision.at,
+    )  # fmt: skip
 
 
 class Runner:
@@ -67,6 +68,7 @@ class Runner:
         self.stop_requested_at: float | None = None
         self._claim_every_s = min(max(settings.claim_idle_ms / 4000, 0.01), 5.0)
         self._next_claim = 0.0
+        self._debug = settings.log_level.lower() == "debug"  # skip per-decision work otherwise
 
     def request_stop(self) -> None:
         if self.stop_requested_at is None:
@@ -95,10 +97,13 @@ class Runner:
             except (ConnectionError, TimeoutError) as error:
                 self.log.warning("redis unreachable, retrying", error=str(error), retry_in_s=delay)
             except ResponseError as error:
-                if "NOGROUP" not in str(error) and "LOADING" not in str(error):
-                    raise
-                self.log.warning("stream or group missing, recreating", error=str(error))
-                self._recreate_group()
+                if "NOGROUP" in str(error):
+                    self.log.warning("stream or group missing, recreating", error=str(error))
+                    self._recreate_group()
+                else:
+                    # Out of memory, a key of the wrong type, an ACL refusal: nothing was
+                    # acknowledged, so retrying loses nothing and the log says why.
+                    self.log.error("redis refused a command, retrying", error=str(error))
             if self._over_budget():
                 self.log.error("shutdown budget spent while redis was unreachable")
                 return None
@@ -130,21 +135,24 @@ class Runner:
             self.client.xgroup_delconsumer(name, group, self.consumer)
 
     def _step(self, burst: bool) -> bool:
-        """One batch; True when nothing was left to do."""
-        claimed_any = more_to_claim = False
-        if burst or time.monotonic() >= self._next_claim:
-            claimed = self.claimer.claim(self.client)
-            self._next_claim = time.monotonic() + self._claim_every_s
-            self._bury(claimed.poison)
-            self._handle(claimed.retry)
-            claimed_any = bool(claimed.poison or claimed.retry)
-            more_to_claim = claimed.more
-        if claimed_any:
+        """One batch; True when nothing was left to do: nothing new, nothing old to claim."""
+        if time.monotonic() >= self._next_claim and self._claim():
             return False
         block = None if burst else self.settings.block_ms
         entries = stream.read_new(self.client, self.settings, self.consumer, block)
-        self._handle(entries)
-        return not entries and not more_to_claim
+        if entries:
+            self._handle(entries)
+            return False
+        return not self._claim()
+
+    def _claim(self) -> bool:
+        """Takes over what idle consumers left (on a timer, not every batch: XPENDING walks
+        the pending list); True when there was something to take."""
+        claimed = self.claimer.claim(self.client)
+        self._next_claim = time.monotonic() + self._claim_every_s
+        self._bury(claimed.poison)
+        self._handle(claimed.retry)
+        return bool(claimed.poison or claimed.retry or claimed.more)
 
     def _bury(self, poison: Sequence[Entry]) -> None:
         if not poison:
@@ -167,11 +175,12 @@ class Runner:
             else:
                 valid.append((entry, parsed))
         outcomes = self.assigner.decide(self.client, [m for _, m in valid], now_ms())
-        events = []
+        events: list[tuple[Any, ...]] = []
         for (entry, message), outcome in zip(valid, outcomes, strict=True):
             if isinstance(outcome, Decision):
                 events.append(event(message, outcome))
-                self._log_decision(message, outcome)
+                if self._debug:
+                    self._log_decision(message, outcome)
             elif isinstance(outcome, Rejection):
                 dead.append(dead_letter(entry, outcome.error, outcome.detail))
             else:

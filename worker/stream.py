@@ -8,6 +8,7 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
+from worker import wire
 from worker.messages import Fields
 from worker.settings import Settings
 
@@ -97,21 +98,31 @@ class Claimer:
 def publish(
     client: Any,
     settings: Settings,
-    events: Iterable[dict[str, Any]],
+    events: Sequence[Sequence[Any]],
     dead: Iterable[dict[Any, Any]],
     done: Sequence[str],
 ) -> None:
-    """Events and dead letters first, then the acknowledgement, in one round trip: a crash in
-    between redelivers the entries, whose decisions then repeat (at least once)."""
-    pipe = client.pipeline(transaction=False)
-    maxlen = settings.events_maxlen or None
-    for event in events:
-        pipe.xadd(settings.events_stream, event, maxlen=maxlen, approximate=True)
+    """Events (flat field/value sequences) and dead letters first, then the acknowledgement.
+
+    The acknowledgement waits for every write to succeed: an XADD refused (out of memory, a
+    wrong type) must not leave its entry acknowledged. A crash in between redelivers the
+    entries, whose decisions then repeat unchanged (at least once).
+    """
+    trim = ("MAXLEN", "~", settings.events_maxlen) if settings.events_maxlen else ()
+    writes: list[wire.Command] = [
+        ("XADD", settings.events_stream, *trim, "*", *fields) for fields in events
+    ]
     for letter in dead:
-        pipe.xadd(settings.dead_stream, letter)
+        writes.append(("XADD", settings.dead_stream, "*", *_flat(letter)))
+    for reply in wire.execute(client, writes):
+        if isinstance(reply, Exception):
+            raise reply
     if done:
-        pipe.xack(settings.inbound_stream, settings.group, *done)
-    pipe.execute()
+        wire.execute(client, [("XACK", settings.inbound_stream, settings.group, *done)])
+
+
+def _flat(fields: dict[Any, Any]) -> list[Any]:
+    return [part for pair in fields.items() for part in pair]
 
 
 def _id(entry_id: bytes | str) -> str:
