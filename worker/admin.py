@@ -25,6 +25,7 @@ def set_group(client: Any, account: str, group: str, users: Sequence[str]) -> No
     pipe.delete(key)
     if users:
         pipe.rpush(key, *users)
+    pipe.incr(keys.version(account))
     pipe.execute()
 
 
@@ -65,6 +66,8 @@ def set_number(
             pipe.delete(key)
             if entries:
                 write(key, *entries)
+    if members is not None or access is not None:
+        pipe.incr(keys.version(account))
     pipe.execute()
     state = load_number(client, account, number)
     may_use = rules.allowed(state)

@@ -27,7 +27,7 @@ Outcome = Decision | Rejection | Exception
 
 
 def number_keys(account: str, number: str) -> tuple[str, ...]:
-    """KEYS[1..7] of assign.lua for one number."""
+    """KEYS[1..11] of assign.lua for one number."""
     return (
         keys.number(account, number),
         keys.members(account, number),
@@ -35,6 +35,10 @@ def number_keys(account: str, number: str) -> tuple[str, ...]:
         keys.cursor(account, number),
         keys.owners(account, number),
         keys.presence(account),
+        keys.version(account),
+        keys.rotation(account, number),
+        keys.allowed(account, number),
+        keys.compiled(account, number),
         keys.account_settings(account),
     )
 

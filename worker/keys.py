@@ -45,6 +45,27 @@ def owners(account: str, number_: str) -> str:
     return f"{number(account, number_)}:owners"
 
 
+def version(account: str) -> str:
+    """Bumped by every change of members, access or groups: compiled rotations go stale."""
+    return f"{account_prefix(account)}:version"
+
+
+def rotation(account: str, number_: str) -> str:
+    """The compiled rotation L of a number."""
+    return f"{number(account, number_)}:rotation"
+
+
+def allowed(account: str, number_: str) -> str:
+    """The number's access with groups expanded."""
+    return f"{number(account, number_)}:allowed"
+
+
+def compiled(account: str, number_: str) -> str:
+    """``VERSION|RESTRICTED|SIZE``: the configuration version rotation and allowed were built
+    at, whether access restricts the number, and |L|."""
+    return f"{number(account, number_)}:compiled"
+
+
 def dedup(account: str, bucket: int) -> str:
     """Decisions already made, by ``NUMBER:MESSAGE_ID``, for one time bucket."""
     return f"{account_prefix(account)}:dedup:{bucket}"
