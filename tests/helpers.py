@@ -13,8 +13,13 @@ from worker.settings import Settings
 ACCOUNT, NUMBER = "acme", "15550001000"
 
 
-def given_number(rd: Any, members: list[str], account: str = ACCOUNT, number: str = NUMBER,
-                 **number_settings: Any) -> None:
+def given_number(
+    rd: Any,
+    members: list[str],
+    account: str = ACCOUNT,
+    number: str = NUMBER,
+    **number_settings: Any,
+) -> None:
     admin.set_number(rd, account, number, members=members, **number_settings)
 
 
@@ -23,8 +28,14 @@ def given_presence(rd: Any, account: str = ACCOUNT, **statuses: str) -> None:
         admin.set_presence(rd, account, user, status)
 
 
-def send(rd: Any, settings: Settings, customer: str, account: str = ACCOUNT,
-         number: str = NUMBER, **extra: str) -> str:
+def send(
+    rd: Any,
+    settings: Settings,
+    customer: str,
+    account: str = ACCOUNT,
+    number: str = NUMBER,
+    **extra: str,
+) -> str:
     fields = {"account": account, "number": number, "from": customer, **extra}
     return admin.send(rd, settings, fields)
 

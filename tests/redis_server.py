@@ -48,11 +48,16 @@ class RedisServer:
         self.directory.mkdir(parents=True, exist_ok=True)
         command = [
             binary(),
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--dir", str(self.directory),
-            "--save", "",
-            "--logfile", str(self.directory / "redis.log"),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.directory),
+            "--save",
+            "",
+            "--logfile",
+            str(self.directory / "redis.log"),
             *self.config,
         ]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)

@@ -23,9 +23,7 @@ def test_case_2_rotation_only_between_available(rd: Any, rb: Any, settings: Sett
     assert users == ["B", "D", "B", "D"]
 
 
-def test_case_3_next_chat_skips_user_gone_unavailable(
-    rd: Any, rb: Any, settings: Settings
-) -> None:
+def test_case_3_next_chat_skips_user_gone_unavailable(rd: Any, rb: Any, settings: Settings) -> None:
     given_number(rd, ["A", "B", "C", "D"])
     given_presence(rd, A="unavailable", B="available", C="in_break", D="available")
     assert decide(rd, rb, settings, "447700900001") == ["B"]
