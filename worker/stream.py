@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,15 +100,19 @@ def publish(
     events: Iterable[dict[str, Any]],
     dead: Iterable[dict[Any, Any]],
     done: Sequence[str],
+    also: Sequence[Callable[[Any], None]] = (),
 ) -> None:
     """Events and dead letters first, then the acknowledgement, in one round trip: a crash in
-    between redelivers the entries, whose decisions then repeat (at least once)."""
+    between redelivers the entries, whose decisions then repeat (at least once). ``also``
+    queues more writes that go with the batch (counters, webhook jobs) before the XACK."""
     pipe = client.pipeline(transaction=False)
     maxlen = settings.events_maxlen or None
     for event in events:
         pipe.xadd(settings.events_stream, event, maxlen=maxlen, approximate=True)
     for letter in dead:
         pipe.xadd(settings.dead_stream, letter)
+    for add in also:
+        add(pipe)
     if done:
         pipe.xack(settings.inbound_stream, settings.group, *done)
     pipe.execute()
