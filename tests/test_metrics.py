@@ -13,7 +13,7 @@ from tests.helpers import given_number, given_presence, send
 from tests.ops import sample, scrape
 from tests.redis_server import RedisServer, free_port
 from worker import admin
-from worker.metrics import BatchHistogram, Metrics
+from worker.metrics import BatchHistogram, Metrics, StreamGauges
 from worker.runner import Runner
 from worker.settings import Settings
 
@@ -84,6 +84,15 @@ def test_entries_claimed_from_an_idle_consumer_are_counted(
     # Then the claim is counted and the decision too
     assert metrics.registry.get_sample_value("rota_claimed_total") == 1
     assert metrics.registry.get_sample_value("rota_decisions_total", {"reason": "round_robin"}) == 1
+
+
+def test_stream_gauges_before_the_stream_exists_still_say_redis_is_up(
+    rb: Any, settings: Settings
+) -> None:
+    metrics = Metrics()
+    metrics.watch(StreamGauges(rb, settings))
+    assert metrics.registry.get_sample_value("rota_redis_up") == 1
+    assert metrics.registry.get_sample_value("rota_inbound_pending") is None
 
 
 def test_no_metrics_server_unless_a_port_is_set(redis_server: RedisServer) -> None:

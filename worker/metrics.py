@@ -66,7 +66,8 @@ class StreamGauges(Collector):
     def collect(self) -> Iterator[Metric]:
         settings = self._settings
         try:
-            groups = self._client.xinfo_groups(settings.inbound_stream)
+            exists = self._client.exists(settings.inbound_stream)  # XINFO fails on no stream
+            groups = self._client.xinfo_groups(settings.inbound_stream) if exists else []
             dead = self._client.xlen(settings.dead_stream)
         except RedisError:
             yield GaugeMetricFamily("rota_redis_up", "1 when the last scrape reached Redis", 0)
