@@ -19,6 +19,7 @@ from tests.helpers import given_number, given_presence, run_burst, send
 from tests.ops import rota
 from tests.redis_server import RedisServer, binary, free_port
 from worker import connection
+from worker.webhook import Webhooks
 
 PASSWORD = "pw-for-the-acl-test"
 
@@ -175,13 +176,23 @@ def test_worker_and_commands_work_over_rediss(
         monkeypatch, capsys, tls_url, "number", "set", "acme", "15550001000", "--members", "A,B"
     )
     assert result.code == 0, result.err
-    settings = make_settings(tls_url)
+    hooks = {"webhook_url": f"http://127.0.0.1:{free_port()}/rota", "webhook_secret": "x"}
+    settings = make_settings(tls_url, webhook_retries=0, **hooks)
     client = connection.connect(settings, decode=True)
     given_presence(client, A="available", B="available")
     send(client, settings, "447700900001")
-    # When a worker decides over TLS
+    # When a worker decides over TLS, and the webhook sender tries its delivery
     assert run_burst(connection.connect(settings), settings) == 0
-    # Then the decision is there, and the commands read it over TLS too
+    sender = subprocess.run(
+        [sys.executable, "-m", "worker", "webhooks", "--burst"],
+        env=worker_env(tls_url, webhook_retries="0", **hooks),
+        cwd=ROOT,
+        capture_output=True,
+        timeout=60,
+    )
+    # Then the decision is there, rq worked over TLS, and the commands read it over TLS too
+    assert sender.returncode == 0, sender.stderr
+    assert Webhooks(connection.connect(settings), settings).counts()["failed"] == 1
     shown = rota(monkeypatch, capsys, tls_url, "number", "show", "acme", "15550001000")
     assert shown.code == 0, shown.err
     assert '"cursor": 1' in shown.out
