@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from tests.helpers import events, given_number, given_presence, run_burst, send
 from tests.ops import rota
 from tests.redis_server import RedisServer, free_port
 from worker.settings import Settings
-from worker.webhook import SIGNATURE_HEADER, Webhooks
+from worker.webhook import SIGNATURE_HEADER, Delivery, Webhooks
 
 SECRET = "s3cret-for-tests"
 
@@ -34,6 +35,7 @@ class Crm:
     """A webhook receiver on loopback that answers 500 to its first ``failures`` requests."""
 
     failures: int
+    fail_status: int = 500
     requests: list[tuple[int, dict[str, str], bytes]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     url: str = ""
@@ -47,16 +49,24 @@ class Crm:
 def crm_factory() -> Iterator[Any]:
     servers: list[http.server.ThreadingHTTPServer] = []
 
-    def start(failures: int) -> Crm:
-        crm = Crm(failures)
+    def start(failures: int, fail_status: int = 500) -> Crm:
+        crm = Crm(failures, fail_status)
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 with crm.lock:
-                    status = 500 if len(crm.requests) < crm.failures else 200
+                    status = crm.fail_status if len(crm.requests) < crm.failures else 200
                     crm.requests.append((status, dict(self.headers), body))
                 self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.send_header("Location", crm.url)
+                self.end_headers()
+
+            def do_GET(self) -> None:  # what a followed redirect would turn the POST into
+                with crm.lock:
+                    crm.requests.append((200, dict(self.headers), b""))
+                self.send_response(200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
@@ -192,3 +202,13 @@ def test_webhooks_command_without_url_does_nothing(
     result = rota(monkeypatch, capsys, redis_server.url, "webhooks", "--burst")
     assert result.code == 0
     assert "webhooks off" in result.err
+
+
+@pytest.mark.parametrize("status", [302, 404, 500])
+def test_a_redirect_or_error_answer_is_a_failed_delivery(crm_factory: Any, status: int) -> None:
+    crm = crm_factory(failures=1, fail_status=status)
+    delivery = Delivery(crm.url, SECRET.encode(), timeout_s=5)
+    with pytest.raises(urllib.error.HTTPError):
+        delivery.send({"message_id": "wamid.1"})
+    assert [s for s, _, _ in crm.requests] == [status]  # and the redirect was not followed
+    assert delivery.send({"message_id": "wamid.1"}) == 200

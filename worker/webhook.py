@@ -26,6 +26,7 @@ from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from redis.exceptions import RedisError
 
 from worker import keys
 from worker.settings import Settings
@@ -102,8 +103,6 @@ class WebhookGauges(Collector):
         self._webhooks = webhooks
 
     def collect(self) -> Iterator[Metric]:
-        from redis.exceptions import RedisError
-
         try:
             counts = self._webhooks.counts()
         except RedisError:
@@ -114,11 +113,20 @@ class WebhookGauges(Collector):
         yield gauge
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """urllib would follow a 301/302/303 to a POST with a GET and no body, and a 200 to that
+    would count as delivered: a redirect is a failed delivery instead."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
 class Delivery:
     """The sending side: one signed POST per call; any answer but 2xx raises, so rq retries."""
 
     def __init__(self, url: str, secret: bytes, timeout_s: float) -> None:
         self._url, self._secret, self._timeout_s = url, secret, timeout_s
+        self._opener = urllib.request.build_opener(_NoRedirects)
 
     def send(self, event: dict[str, Any]) -> int:
         body = json.dumps(event, separators=(",", ":"), sort_keys=True).encode()
@@ -132,8 +140,8 @@ class Delivery:
                 SIGNATURE_HEADER: signature(self._secret, body),
             },
         )
-        # urlopen raises HTTPError for 4xx/5xx; 3xx is not followed for POST and fails too.
-        with urllib.request.urlopen(request, timeout=self._timeout_s) as response:
+        # 4xx, 5xx and (with _NoRedirects) 3xx raise HTTPError.
+        with self._opener.open(request, timeout=self._timeout_s) as response:
             status: int = response.status
         if not 200 <= status < 300:
             raise RuntimeError(f"webhook answered HTTP {status}")
