@@ -29,6 +29,7 @@ from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 
 from worker import keys
+from worker.log import level, redacted_url, route_stdlib
 from worker.settings import Settings
 
 # rq reads its key prefix from the environment once, when imported: set it first, so rq's keys
@@ -45,6 +46,8 @@ if os.environ["RQ_KEY_PREFIX"] != rq.defaults.RQ_KEY_PREFIX:
 SIGNATURE_HEADER = "X-Rota-Signature"
 JOB = "worker.webhook.deliver"
 
+# Set by `rota webhooks` for the jobs it runs (as rq sets the current job): the job function gets
+# this process's URL and secret without them travelling through Redis.
 _delivery: contextvars.ContextVar[Delivery] = contextvars.ContextVar("rota_webhook_delivery")
 
 
@@ -161,8 +164,6 @@ def run(client: Any, settings: Settings, log: Any, burst: bool = False) -> int:
     """``rota webhooks``: an rq worker with its scheduler (retries wait in rq's scheduled
     registry). Without ROTA_WEBHOOK_URL it idles until stopped, so a Procfile runner that stops
     everything when one process exits keeps the workers up."""
-    from worker.log import level, redacted_url, route_stdlib
-
     if not settings.webhook_url or settings.webhook_secret is None:
         log.info("webhooks off: ROTA_WEBHOOK_URL is not set; idle until stopped")
         if not burst:
