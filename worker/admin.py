@@ -5,10 +5,11 @@ Inputs arrive validated (worker.words); every write of one command is one MULTI/
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
-from worker import keys, rules
+from worker import chats, keys, rules
 from worker.keys import group_name
 from worker.settings import Settings
 
@@ -108,6 +109,7 @@ def show_number(client: Any, account: str, number: str) -> dict[str, Any] | None
         return None
     state = load_number(client, account, number)
     next_choice = rules.decide(state, customer="")
+    today = chats.today(client, account, time.time_ns() // 1_000_000)
     return {
         "account": account,
         "number": number,
@@ -125,6 +127,8 @@ def show_number(client: Any, account: str, number: str) -> dict[str, Any] | None
         "cursor": state.cursor,
         "next": {"user": next_choice.user, "reason": next_choice.reason},
         "known_customers": client.hlen(keys.owners(account, number)),
+        # New chats today (UTC) per user of the rotation, on all the account's numbers.
+        "chats_today": {user: today.get(user, 0) for user in rules.rotation(state)},
     }
 
 

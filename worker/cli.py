@@ -127,6 +127,28 @@ def build_parser() -> Parser:
     dead_replay.add_argument("--count", type=_count, default=1_000_000)
     dead_replay.set_defaults(run=cmd_dead_replay)
 
+    apply = commands.add_parser("apply", help="write accounts, groups, numbers from a TOML file")
+    apply.add_argument("file", type=Path)
+    apply.add_argument(
+        "--prune",
+        action="store_true",
+        help="also remove the listed accounts' groups and numbers the file leaves out",
+    )
+    apply.add_argument("--check", action="store_true", help="validate only; write nothing")
+    apply.set_defaults(run=cmd_apply)
+
+    export = commands.add_parser("export", help="print the configuration as a TOML file")
+    export.add_argument("--account", type=ACCOUNT, action="append", help="only these (repeatable)")
+    export.set_defaults(run=cmd_export)
+
+    stats = commands.add_parser("stats", help="streams, pending, dead letters, chats today")
+    stats.add_argument("account", type=ACCOUNT, nargs="?", help="also this account's numbers")
+    stats.set_defaults(run=cmd_stats)
+
+    webhooks = commands.add_parser("webhooks", help="deliver decisions to ROTA_WEBHOOK_URL")
+    webhooks.add_argument("--burst", action="store_true", help="exit when nothing is left")
+    webhooks.set_defaults(run=cmd_webhooks)
+
     demo = commands.add_parser("demo", help="the product sheet's four cases, end to end")
     demo.set_defaults(run=cmd_demo)
 
@@ -141,12 +163,87 @@ def build_parser() -> Parser:
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from worker.log import logger
+    from worker.log import logger, redacted_url
+    from worker.metrics import Metrics, StreamGauges
     from worker.runner import Runner, handle_signals
 
-    runner = Runner(connection.connect(settings), settings, logger(settings))
+    log = logger(settings)
+    client = connection.connect(settings)
+    metrics = Metrics()
+    metrics.watch(StreamGauges(client, settings))
+    runner = Runner(client, settings, log, metrics=metrics)
+    if runner.webhooks is not None:
+        from worker.webhook import WebhookGauges
+
+        metrics.watch(WebhookGauges(runner.webhooks))
+    log.info(
+        "worker starting",
+        redis=redacted_url(connection.url(settings)),
+        webhooks=runner.webhooks is not None,
+    )
+    server = metrics.serve(settings)
+    if server is not None:
+        log.info("metrics served", addr=settings.metrics_addr, port=server.port)
     handle_signals(runner)
-    return runner.run(burst=args.burst)
+    try:
+        return runner.run(burst=args.burst)
+    finally:
+        if server is not None:
+            server.close()
+
+
+def cmd_webhooks(args: argparse.Namespace, settings: Settings) -> int:
+    from worker import webhook
+    from worker.log import logger
+
+    client = connection.connect(settings) if settings.webhook_url else None
+    return webhook.run(client, settings, logger(settings), burst=args.burst)
+
+
+def cmd_apply(args: argparse.Namespace, settings: Settings) -> int:
+    from worker import config, config_redis
+
+    try:
+        text = args.file.read_text(encoding="utf-8")
+    except (OSError, UnicodeError) as error:
+        raise BadInput(f"{args.file}: {error}") from None
+    try:
+        parsed = config.parse(text, str(args.file))
+    except config.ConfigError as invalid:
+        raise BadInput(str(invalid)) from None
+    for warning in config.warnings(parsed):
+        print(f"rota: warning: {warning}", file=sys.stderr)
+    numbers = sum(len(account.numbers) for account in parsed.values())
+    summary = f"{len(parsed)} accounts, {numbers} numbers"
+    if args.check:
+        print(f"{args.file}: valid ({summary})")
+        return 0
+    config_redis.apply(connection.connect(settings, decode=True), parsed, prune=args.prune)
+    print(f"applied {args.file}: {summary}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
+    from worker import config, config_redis
+
+    loaded = config_redis.load(connection.connect(settings, decode=True), args.account)
+    print(config.render(loaded), end="")
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
+    from worker import stats
+
+    client = connection.connect(settings, decode=True)
+    shown = stats.streams(client, settings)
+    if settings.webhook_url:
+        from worker.webhook import Webhooks
+
+        shown["webhooks"] = Webhooks(connection.connect(settings), settings).counts()
+    if args.account:
+        shown["account"] = stats.account(client, args.account)
+    print(json.dumps(shown, indent=2))
+    return 0
 
 
 def cmd_account_set(args: argparse.Namespace, settings: Settings) -> int:

@@ -12,7 +12,10 @@ from worker.settings import Settings
 
 
 def url(settings: Settings) -> str:
-    return settings.redis_url or embedded.ensure(Path(settings.home))
+    """The URL to connect to, password included: never log it (log.redacted_url is for that)."""
+    if settings.redis_url is not None:
+        return settings.redis_url.get_secret_value()
+    return embedded.ensure(Path(settings.home))
 
 
 def connect(settings: Settings, decode: bool = False) -> Any:

@@ -5,8 +5,11 @@ Keys of one account carry the hash tag ``{ACCOUNT}`` so a decision touches one C
 
 from __future__ import annotations
 
+import re
+
 PREFIX = "rota"
 GROUP_REF = "group:"
+RQ_PREFIX = f"{PREFIX}:rq"  # rq's keys (webhook jobs): rota:rq:queue:webhooks, rota:rq:job:ID...
 
 
 def account_prefix(account: str) -> str:
@@ -71,6 +74,11 @@ def dedup(account: str, bucket: int) -> str:
     return f"{account_prefix(account)}:dedup:{bucket}"
 
 
+def chats(account: str, day: str) -> str:
+    """New chats per user on one UTC day (``YYYY-MM-DD``): user -> count."""
+    return f"{account_prefix(account)}:chats:{day}"
+
+
 def account_pattern(account: str) -> str:
     """SCAN pattern for every key of one account (braces are not special in Redis globs)."""
     return f"{account_prefix(account)}:*"
@@ -79,3 +87,24 @@ def account_pattern(account: str) -> str:
 def group_name(entry: str) -> str | None:
     """``group:NAME`` -> ``NAME``; a plain user -> None."""
     return entry[len(GROUP_REF) :] if entry.startswith(GROUP_REF) else None
+
+
+ALL_ACCOUNTS_PATTERN = f"{PREFIX}:{{*}}:*"  # SCAN pattern for every key of every account
+_CONFIG_KEY = re.compile(
+    rf"{PREFIX}:\{{(?P<account>[^}}]+)\}}:"
+    r"(?:(?P<settings>settings)|group:(?P<group>.+)|number:(?P<number>[0-9]+))"
+)
+
+
+def config_key(key: str) -> tuple[str, str, str] | None:
+    """``("settings", ACCOUNT, "")``, ``("group", ACCOUNT, NAME)`` or ``("number", ACCOUNT,
+    NUMBER)`` for a key that holds configuration; None for any other key."""
+    match = _CONFIG_KEY.fullmatch(key)
+    if match is None:
+        return None
+    account = match["account"]
+    if match["settings"]:
+        return "settings", account, ""
+    if match["group"] is not None:
+        return "group", account, match["group"]
+    return "number", account, match["number"]

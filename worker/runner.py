@@ -4,22 +4,28 @@ pipeline, publish decisions and dead letters and acknowledge in another, stop cl
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import socket
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import ConnectionError, ResponseError, TimeoutError
 
-from worker import stream
+from worker import chats, stream
 from worker.assign import Assigner, Decision
+from worker.log import level
 from worker.lua import Scripts
 from worker.messages import Message, Rejection, parse
+from worker.metrics import Metrics
 from worker.settings import Settings
 from worker.stream import Entry
 from worker.words import mask
+
+if TYPE_CHECKING:
+    from worker.webhook import Webhooks
 
 BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.1, 5.0
 STALE_CONSUMER_IDLE_MS = 3_600_000
@@ -43,32 +49,49 @@ def dead_letter(entry: Entry, error: str, detail: str) -> dict[Any, Any]:
     }
 
 
-def event(message: Message, decision: Decision) -> tuple[Any, ...]:
-    """The contract's fields of one decision on rota:assignments, as field/value pairs."""
-    return (
-        "account", message.account,
-        "number", message.number,
-        "customer", message.customer,
-        "message_id", message.message_id,
-        "inbound_id", message.inbound_id,
-        "user", decision.user,
-        "reason", decision.reason,
-        "at", decision.at,
-    )  # fmt: skip
+def event(message: Message, decision: Decision) -> dict[str, Any]:
+    return {
+        "account": message.account,
+        "number": message.number,
+        "customer": message.customer,
+        "message_id": message.message_id,
+        "inbound_id": message.inbound_id,
+        "user": decision.user,
+        "reason": decision.reason,
+        "at": decision.at,
+    }
+
+
+def webhooks_for(client: Any, settings: Settings) -> Webhooks | None:
+    """The webhook enqueuer when ROTA_WEBHOOK_URL is set (rq is imported only then)."""
+    if not settings.webhook_url:
+        return None
+    from worker.webhook import Webhooks
+
+    return Webhooks(client, settings)
 
 
 class Runner:
-    def __init__(self, client: Any, settings: Settings, log: Any, consumer: str | None = None):
+    def __init__(
+        self,
+        client: Any,
+        settings: Settings,
+        log: Any,
+        consumer: str | None = None,
+        metrics: Metrics | None = None,
+    ):
         self.client = client
         self.settings = settings
         self.consumer = consumer or settings.consumer or default_consumer()
         self.log = log.bind(consumer=self.consumer)
+        self.metrics = metrics or Metrics()
+        self.webhooks = webhooks_for(client, settings)
+        self._debug = level(settings) <= logging.DEBUG  # decided once, not per decision
         self.assigner = Assigner(Scripts(client), settings.dedup_window_s)
         self.claimer = stream.Claimer(settings, self.consumer)
         self.stop_requested_at: float | None = None
         self._claim_every_s = min(max(settings.claim_idle_ms / 4000, 0.01), 5.0)
         self._next_claim = 0.0
-        self._debug = settings.log_level.lower() == "debug"  # skip per-decision work otherwise
 
     def request_stop(self) -> None:
         if self.stop_requested_at is None:
@@ -150,6 +173,8 @@ class Runner:
         the pending list); True when there was something to take."""
         claimed = self.claimer.claim(self.client)
         self._next_claim = time.monotonic() + self._claim_every_s
+        if claimed.poison or claimed.retry:
+            self.metrics.claimed.inc(len(claimed.poison) + len(claimed.retry))
         self._bury(claimed.poison)
         self._handle(claimed.retry)
         return bool(claimed.poison or claimed.retry or claimed.more)
@@ -158,7 +183,7 @@ class Runner:
         if not poison:
             return
         letters = [dead_letter(e, "poison", f"failed {e.deliveries} deliveries") for e in poison]
-        stream.publish(self.client, self.settings, [], letters, [e.inbound_id for e in poison])
+        self._publish(len(poison), [], letters, [e.inbound_id for e in poison], now_ms())
         self.log.error("poison entries dead-lettered", inbound_ids=[e.inbound_id for e in poison])
 
     def _handle(self, entries: Sequence[Entry]) -> None:
@@ -174,8 +199,9 @@ class Runner:
                 done.append(entry.inbound_id)
             else:
                 valid.append((entry, parsed))
-        outcomes = self.assigner.decide(self.client, [m for _, m in valid], now_ms())
-        events: list[tuple[Any, ...]] = []
+        now = now_ms()
+        outcomes = self.assigner.decide(self.client, [m for _, m in valid], now)
+        events = []
         for (entry, message), outcome in zip(valid, outcomes, strict=True):
             if isinstance(outcome, Decision):
                 events.append(event(message, outcome))
@@ -188,7 +214,25 @@ class Runner:
                 self.log.error("decision failed", inbound_id=entry.inbound_id, error=str(outcome))
                 continue
             done.append(entry.inbound_id)
-        stream.publish(self.client, self.settings, events, dead, done)
+        self._publish(len(entries), events, dead, done, now)
+
+    def _publish(
+        self,
+        entries: int,
+        events: list[dict[str, Any]],
+        dead: list[dict[Any, Any]],
+        done: list[str],
+        now: int,
+    ) -> None:
+        """Decisions, dead letters, the day's chat counts and webhook jobs, then the XACK.
+        Metrics are counted once per batch."""
+        webhooks = self.webhooks if events else None
+        also = [lambda pipe: webhooks.enqueue(pipe, events)] if webhooks is not None else []
+        counts = chats.count(events, now)
+        stream.publish(self.client, self.settings, events, dead, done, counts, also)
+        self.metrics.batch(entries, events, dead, now_ms())
+        if webhooks is not None:
+            self.metrics.webhooks.inc(len(events))
 
     def _log_decision(self, message: Message, decision: Decision) -> None:
         self.log.debug(

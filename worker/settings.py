@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ROTA_", env_file=".env", extra="ignore")
 
-    redis_url: str | None = None  # unset: the embedded Redis under ROTA_HOME
+    # A secret: the URL may carry the password (rediss://rota:PASSWORD@host:6380/0).
+    redis_url: SecretStr | None = None  # unset: the embedded Redis under ROTA_HOME
     home: str = ".rota"  # the embedded Redis's folder
 
     inbound_stream: str = "rota:inbound"
@@ -32,6 +33,18 @@ class Settings(BaseSettings):
     consumer: str | None = None  # default: HOSTNAME:PID
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "info"
-    metrics_port: int | None = None
-    webhook_url: str | None = None
-    webhook_secret: SecretStr | None = None
+    metrics_port: int | None = Field(None, ge=0, le=65535)  # unset: no metrics server
+    metrics_addr: str = "0.0.0.0"
+
+    webhook_url: str | None = Field(None, pattern=r"^https?://")  # unset: no webhooks
+    webhook_secret: SecretStr | None = None  # required with webhook_url: every POST is signed
+    webhook_queue: str = Field("webhooks", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    webhook_retries: int = Field(8, ge=0, le=25)
+    webhook_backoff_s: int = Field(2, ge=0)  # the first retry's wait; each next one doubles
+    webhook_timeout_s: float = Field(10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _webhook_signed(self) -> Self:
+        if self.webhook_url and not self.webhook_secret:
+            raise ValueError("ROTA_WEBHOOK_SECRET is required when ROTA_WEBHOOK_URL is set")
+        return self

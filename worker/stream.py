@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,11 +107,14 @@ class Claimer:
 def publish(
     client: Any,
     settings: Settings,
-    events: Sequence[Sequence[Any]],
+    events: Iterable[dict[str, Any]],
     dead: Iterable[dict[Any, Any]],
     done: Sequence[str],
+    extra: Sequence[wire.Command] = (),
+    also: Sequence[Callable[[Any], None]] = (),
 ) -> None:
-    """Events (flat field/value sequences) and dead letters first, then the acknowledgement.
+    """Events, dead letters and ``extra`` commands (counters) in one round trip, then ``also``
+    (callbacks that queue on a redis-py pipeline: rq's webhook jobs), then the acknowledgement.
 
     The acknowledgement waits for every write to succeed: an XADD refused (out of memory, a
     wrong type) must not leave its entry acknowledged. A crash in between redelivers the
@@ -119,13 +122,18 @@ def publish(
     """
     trim = ("MAXLEN", "~", settings.events_maxlen) if settings.events_maxlen else ()
     writes: list[wire.Command] = [
-        ("XADD", settings.events_stream, *trim, "*", *fields) for fields in events
+        ("XADD", settings.events_stream, *trim, "*", *_flat(event)) for event in events
     ]
-    for letter in dead:
-        writes.append(("XADD", settings.dead_stream, "*", *_flat(letter)))
+    writes.extend(("XADD", settings.dead_stream, "*", *_flat(letter)) for letter in dead)
+    writes.extend(extra)
     for reply in wire.execute(client, writes):
         if isinstance(reply, Exception):
             raise reply
+    if also:
+        pipe = client.pipeline(transaction=False)
+        for add in also:
+            add(pipe)
+        pipe.execute()
     if done:
         wire.execute(client, [("XACK", settings.inbound_stream, settings.group, *done)])
 

@@ -1,0 +1,104 @@
+"""``rota stats`` and ``rota number show``: eligible now, next, cursor, chats per user today,
+pending and dead letters."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+
+from tests.helpers import decide, given_number, given_presence, send
+from tests.ops import rota
+from tests.redis_server import RedisServer
+from worker import admin, chats, keys
+from worker.settings import Settings
+
+
+@pytest.fixture
+def cli(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], redis_server: RedisServer
+) -> Any:
+    def run(*args: str) -> Any:
+        result = rota(monkeypatch, capsys, redis_server.url, *args)
+        assert result.code == 0, result.err
+        return json.loads(result.out)
+
+    return run
+
+
+def test_number_show_counts_new_chats_per_user_today(
+    cli: Any, rd: Any, rb: Any, settings: Settings
+) -> None:
+    # Given three new chats for A, B, A and one returning customer of A
+    given_number(rd, ["A", "B", "C"])
+    given_presence(rd, A="available", B="available")
+    assert decide(rd, rb, settings, "447700900001", "447700900002", "447700900003") == [
+        "A",
+        "B",
+        "A",
+    ]
+    assert decide(rd, rb, settings, "447700900001") == ["A"]
+    # When an operator looks at the number
+    shown = cli("number", "show", "acme", "15550001000")
+    # Then new chats are counted once each, the returning customer not at all
+    assert shown["chats_today"] == {"A": 2, "B": 1, "C": 0}
+    assert shown["eligible_now"] == ["A", "B"]
+    assert shown["next"] == {"user": "B", "reason": "round_robin"}
+    assert shown["cursor"] == 4  # C was skipped once
+
+
+def test_a_repeated_message_is_not_counted_again(rd: Any, rb: Any, settings: Settings) -> None:
+    given_number(rd, ["A"])
+    given_presence(rd, A="available")
+    decide(rd, rb, settings, "447700900001", message_id="wamid.1")
+    decide(rd, rb, settings, "447700900001", message_id="wamid.1")
+    assert chats.today(rd, "acme", time.time_ns() // 1_000_000) == {"A": 1}
+
+
+def test_the_day_counter_expires_after_a_week(rd: Any, rb: Any, settings: Settings) -> None:
+    given_number(rd, ["A"])
+    given_presence(rd, A="available")
+    decide(rd, rb, settings, "447700900001")
+    key = keys.chats("acme", chats.day(time.time_ns() // 1_000_000))
+    assert 7 * 86_400 < rd.ttl(key) <= chats.KEEP_DAYS * 86_400
+
+
+def test_stats_show_streams_pending_dead_letters_and_the_account(
+    cli: Any, rd: Any, rb: Any, settings: Settings
+) -> None:
+    # Given two decisions, one dead letter and one message a consumer holds unacknowledged
+    given_number(rd, ["A", "B"])
+    admin.set_account(rd, "acme", "boss")
+    given_presence(rd, A="available")
+    decide(rd, rb, settings, "447700900001", "447700900002")
+    send(rd, settings, "447700900003", number="15559999999")
+    decide(rd, rb, settings)
+    send(rd, settings, "447700900004")
+    rd.xreadgroup(settings.group, "busy", {settings.inbound_stream: ">"})
+    # When an operator asks for stats
+    stats = cli("stats", "acme")
+    # Then the streams, the group and the account are all there
+    assert stats["inbound"]["pending"] == 1
+    assert stats["inbound"]["lag"] == 0
+    assert [c["name"] for c in stats["inbound"]["consumers"]] == ["busy"]
+    assert stats["assignments"]["length"] == 2
+    assert stats["dead_letters"] == {
+        "stream": "rota:dead",
+        "count": 1,
+        "by_error": {"unknown_number": 1},
+    }
+    account = stats["account"]
+    assert account["chats_today"] == {"A": 2}
+    assert account["numbers"]["15550001000"] == {
+        "eligible_now": ["A"],
+        "next": {"user": "A", "reason": "round_robin"},
+        "cursor": 3,  # A, then B skipped and A again
+    }
+
+
+def test_stats_before_any_worker_ran(cli: Any, rd: Any) -> None:
+    stats = cli("stats")
+    assert stats["inbound"] == {"stream": "rota:inbound", "length": 0, "group": None}
+    assert stats["dead_letters"]["count"] == 0
