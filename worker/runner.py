@@ -87,6 +87,7 @@ class Runner:
         self.metrics = metrics or Metrics()
         self.webhooks = webhooks_for(client, settings)
         self._debug = level(settings) <= logging.DEBUG  # decided once, not per decision
+        self._acks: list[str] = []  # published, to acknowledge with the next read
         self.assigner = Assigner(Scripts(client), settings.dedup_window_s)
         self.claimer = stream.Claimer(settings, self.consumer)
         self.stop_requested_at: float | None = None
@@ -153,6 +154,7 @@ class Runner:
                 self.client.xgroup_delconsumer(name, group, info["name"])
 
     def _leave(self) -> None:
+        self._flush_acks()
         name, group = self.settings.inbound_stream, self.settings.group
         if not self.client.xpending_range(name, group, "-", "+", 1, consumername=self.consumer):
             self.client.xgroup_delconsumer(name, group, self.consumer)
@@ -162,11 +164,16 @@ class Runner:
         if time.monotonic() >= self._next_claim and self._claim():
             return False
         block = None if burst else self.settings.block_ms
-        entries = stream.read_new(self.client, self.settings, self.consumer, block)
+        entries = stream.read_new(self.client, self.settings, self.consumer, block, self._acks)
+        self._acks = []
         if entries:
             self._handle(entries)
             return False
         return not self._claim()
+
+    def _flush_acks(self) -> None:
+        stream.ack(self.client, self.settings, self._acks)
+        self._acks = []
 
     def _claim(self) -> bool:
         """Takes over what idle consumers left (on a timer, not every batch: XPENDING walks
@@ -229,7 +236,10 @@ class Runner:
         webhooks = self.webhooks if events else None
         also = [lambda pipe: webhooks.enqueue(pipe, events)] if webhooks is not None else []
         counts = chats.count(events, now)
-        stream.publish(self.client, self.settings, events, dead, done, counts, also)
+        stream.publish(self.client, self.settings, events, dead, counts, also)
+        # Acknowledged with the next read: one round trip fewer per batch, and only once
+        # every write above succeeded.
+        self._acks.extend(done)
         self.metrics.batch(entries, events, dead, now_ms())
         if webhooks is not None:
             self.metrics.webhooks.inc(len(events))

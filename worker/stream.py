@@ -38,15 +38,23 @@ def ensure_group(client: Any, settings: Settings) -> None:
             raise
 
 
-def read_new(client: Any, settings: Settings, consumer: str, block_ms: int | None) -> list[Entry]:
-    """Up to a batch of new entries, waiting at most block_ms (None: not at all). Sent raw:
-    at low traffic this read is once per message, and redis-py's per-command overhead would
-    be most of the latency."""
+def read_new(
+    client: Any,
+    settings: Settings,
+    consumer: str,
+    block_ms: int | None,
+    acks: Sequence[str] = (),
+) -> list[Entry]:
+    """Acknowledges ``acks`` (the last batch, published), then reads up to a batch of new
+    entries, waiting at most block_ms (None: not at all), in one round trip. Sent raw: at low
+    traffic this is once per message, and redis-py's per-command overhead would be most of
+    the latency."""
     block = ("BLOCK", block_ms) if block_ms is not None else ()
     command = ("XREADGROUP", "GROUP", settings.group, consumer, "COUNT", settings.batch_size)
-    (reply,) = wire.execute(client, [(*command, *block, "STREAMS", settings.inbound_stream, ">")])
-    if isinstance(reply, Exception):
-        raise reply
+    read = (*command, *block, "STREAMS", settings.inbound_stream, ">")
+    replies = wire.execute(client, [_xack(settings, acks), read] if acks else [read])
+    _check(replies)
+    reply = replies[-1]
     if not reply:
         return []
     # RESP3 answers a map of stream -> entries, RESP2 a list of [stream, entries] pairs.
@@ -109,16 +117,15 @@ def publish(
     settings: Settings,
     events: Iterable[dict[str, Any]],
     dead: Iterable[dict[Any, Any]],
-    done: Sequence[str],
     extra: Sequence[wire.Command] = (),
     also: Sequence[Callable[[Any], None]] = (),
 ) -> None:
     """Events, dead letters and ``extra`` commands (counters) in one round trip, then ``also``
-    (callbacks that queue on a redis-py pipeline: rq's webhook jobs), then the acknowledgement.
+    (callbacks that queue on a redis-py pipeline: rq's webhook jobs). Raises the first error.
 
-    The acknowledgement waits for every write to succeed: an XADD refused (out of memory, a
-    wrong type) must not leave its entry acknowledged. A crash in between redelivers the
-    entries, whose decisions then repeat unchanged (at least once).
+    The caller acknowledges the entries only after this returns (see read_new): an XADD
+    refused (out of memory, a wrong type) must not leave its entry acknowledged. A crash in
+    between redelivers the entries, whose decisions then repeat unchanged (at least once).
     """
     trim = ("MAXLEN", "~", settings.events_maxlen) if settings.events_maxlen else ()
     writes: list[wire.Command] = [
@@ -126,16 +133,27 @@ def publish(
     ]
     writes.extend(("XADD", settings.dead_stream, "*", *_flat(letter)) for letter in dead)
     writes.extend(extra)
-    for reply in wire.execute(client, writes):
-        if isinstance(reply, Exception):
-            raise reply
+    _check(wire.execute(client, writes))
     if also:
         pipe = client.pipeline(transaction=False)
         for add in also:
             add(pipe)
         pipe.execute()
-    if done:
-        wire.execute(client, [("XACK", settings.inbound_stream, settings.group, *done)])
+
+
+def ack(client: Any, settings: Settings, inbound_ids: Sequence[str]) -> None:
+    if inbound_ids:
+        _check(wire.execute(client, [_xack(settings, inbound_ids)]))
+
+
+def _xack(settings: Settings, inbound_ids: Sequence[str]) -> wire.Command:
+    return ("XACK", settings.inbound_stream, settings.group, *inbound_ids)
+
+
+def _check(replies: Sequence[Any]) -> None:
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
 
 
 def _flat(fields: dict[Any, Any]) -> list[Any]:
