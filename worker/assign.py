@@ -105,7 +105,7 @@ class Assigner:
             replies = wire.execute(client, [self._command(messages[i], now_ms) for i in todo])
             if any(isinstance(reply, NoScriptError) for reply in replies):
                 # SCRIPT FLUSH or a restarted server: load once, redo only those calls.
-                self._script.sha = client.script_load(self._script.script)
+                self._script.sha = wire.script_load(client, self._script.script)
             for i, reply in zip(todo, replies, strict=True):
                 outcomes[i] = self._outcome(messages[i], reply)
             todo = [i for i in todo if outcomes[i] is None]

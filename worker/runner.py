@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import ConnectionError, ResponseError, TimeoutError
 
-from worker import chats, stream
+from worker import chats, stream, wire
 from worker.assign import Assigner, Decision
 from worker.log import level
 from worker.lua import Scripts
@@ -81,6 +81,7 @@ class Runner:
         metrics: Metrics | None = None,
     ):
         self.client = client
+        self.link = wire.Link(client)  # the hot path's own connection
         self.settings = settings
         self.consumer = consumer or settings.consumer or default_consumer()
         self.log = log.bind(consumer=self.consumer)
@@ -109,6 +110,7 @@ class Runner:
             if burst and drained:
                 break
         self._with_retry(self._leave)
+        self.link.close()
         self.log.info("worker stopped")
         return 0
 
@@ -164,7 +166,7 @@ class Runner:
         if time.monotonic() >= self._next_claim and self._claim():
             return False
         block = None if burst else self.settings.block_ms
-        entries = stream.read_new(self.client, self.settings, self.consumer, block, self._acks)
+        entries = stream.read_new(self.link, self.settings, self.consumer, block, self._acks)
         self._acks = []
         if entries:
             self._handle(entries)
@@ -172,7 +174,7 @@ class Runner:
         return not self._claim()
 
     def _flush_acks(self) -> None:
-        stream.ack(self.client, self.settings, self._acks)
+        stream.ack(self.link, self.settings, self._acks)
         self._acks = []
 
     def _claim(self) -> bool:
@@ -207,7 +209,7 @@ class Runner:
             else:
                 valid.append((entry, parsed))
         now = now_ms()
-        outcomes = self.assigner.decide(self.client, [m for _, m in valid], now)
+        outcomes = self.assigner.decide(self.link, [m for _, m in valid], now)
         events = []
         for (entry, message), outcome in zip(valid, outcomes, strict=True):
             if isinstance(outcome, Decision):
@@ -236,7 +238,7 @@ class Runner:
         webhooks = self.webhooks if events else None
         also = [lambda pipe: webhooks.enqueue(pipe, events)] if webhooks is not None else []
         counts = chats.count(events, now)
-        stream.publish(self.client, self.settings, events, dead, counts, also)
+        stream.publish(self.link, self.settings, events, dead, counts, also)
         # Acknowledged with the next read: one round trip fewer per batch, and only once
         # every write above succeeded.
         self._acks.extend(done)
