@@ -9,6 +9,7 @@ from typing import Any
 from redis.exceptions import NoScriptError, ResponseError
 
 from worker import keys
+from worker.connection import is_cluster
 from worker.lua import Scripts
 from worker.messages import Message, Rejection
 
@@ -73,9 +74,18 @@ class Assigner:
         ]
         return script_keys, args
 
-    def _queue(self, pipe: Any, message: Message, now_ms: int) -> None:
+    def _queue(self, pipe: Any, message: Message, now_ms: int, route: Any = None) -> None:
         script_keys, args = self.call(message, now_ms)
-        pipe.evalsha(self._script.sha, len(script_keys), *script_keys, *args)
+        if route is None:
+            pipe.evalsha(self._script.sha, len(script_keys), *script_keys, *args)
+            return
+        # A cluster pipeline refuses evalsha() and would ask a node (COMMAND GETKEYS) where
+        # each call goes; every key is in the account's slot, which names the master.
+        # A MOVED or ASK reply is still followed: redis-py resends that call on its own.
+        sha, node = self._script.sha, route(script_keys[0])
+        pipe.execute_command(
+            "EVALSHA", sha, len(script_keys), *script_keys, *args, target_nodes=node
+        )
 
     def _outcome(self, message: Message, reply: Any) -> Outcome | None:
         """The outcome, or None when the call must be made again."""
@@ -101,13 +111,15 @@ class Assigner:
         """
         outcomes: list[Outcome | None] = [None] * len(messages)
         todo = list(range(len(messages)))
+        route = client.get_node_from_key if is_cluster(client) else None
         for _ in range(MAX_ATTEMPTS):
             pipe = client.pipeline(transaction=False)
             for i in todo:
-                self._queue(pipe, messages[i], now_ms)
+                self._queue(pipe, messages[i], now_ms, route)
             replies = pipe.execute(raise_on_error=False)
             if any(isinstance(reply, NoScriptError) for reply in replies):
-                # SCRIPT FLUSH or a restarted server: load once, redo only those calls.
+                # SCRIPT FLUSH or a restarted server: load once (on a cluster, redis-py sends
+                # SCRIPT LOAD to every master), redo only those calls.
                 self._script.sha = client.script_load(self._script.script)
             for i, reply in zip(todo, replies, strict=True):
                 outcomes[i] = self._outcome(messages[i], reply)

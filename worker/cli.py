@@ -17,7 +17,7 @@ from typing import NoReturn
 import pydantic
 import redis
 
-from worker import admin, connection, embedded, words
+from worker import admin, connection, embedded, partitions, words
 from worker.settings import Settings
 
 
@@ -111,6 +111,10 @@ def build_parser() -> Parser:
     owner_set.add_argument("user", type=USER)
     owner_set.set_defaults(run=cmd_owner_set)
 
+    partition = commands.add_parser("partition", help="the inbound stream of an account")
+    partition.add_argument("account", type=ACCOUNT)
+    partition.set_defaults(run=cmd_partition)
+
     send = commands.add_parser("send", help="push one inbound message")
     send.add_argument("--account", type=ACCOUNT, default=words.DEFAULT_ACCOUNT)
     send.add_argument("number", type=NUMBER)
@@ -142,9 +146,10 @@ def build_parser() -> Parser:
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from worker.log import logger
-    from worker.runner import Runner, handle_signals
+    from worker.partitioned import make_runner
+    from worker.runner import handle_signals
 
-    runner = Runner(connection.connect(settings), settings, logger(settings))
+    runner = make_runner(connection.connect(settings), settings, logger(settings))
     handle_signals(runner)
     return runner.run(burst=args.burst)
 
@@ -195,6 +200,11 @@ def cmd_owner_set(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_partition(args: argparse.Namespace, settings: Settings) -> int:
+    print(partitions.inbound_stream(settings, args.account))
+    return 0
+
+
 def cmd_send(args: argparse.Namespace, settings: Settings) -> int:
     fields = {"account": args.account, "number": args.number, "from": args.customer}
     if args.message_id:
@@ -218,7 +228,9 @@ def cmd_dead_list(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_dead_replay(args: argparse.Namespace, settings: Settings) -> int:
     moved = admin.replay_dead(connection.connect(settings), settings, args.count)
-    print(f"replayed {len(moved)} dead letters onto {settings.inbound_stream}")
+    where = partitions.inbound_streams(settings)
+    onto = where[0] if len(where) == 1 else f"{settings.inbound_stream}:0..{len(where) - 1}"
+    print(f"replayed {len(moved)} dead letters onto {onto}")
     return 0
 
 

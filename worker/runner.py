@@ -9,7 +9,7 @@ import signal
 import socket
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from redis.exceptions import ConnectionError, ResponseError, TimeoutError
 
@@ -76,8 +76,9 @@ class Runner:
         """0 after a clean stop (or a drained burst); 1 when the shutdown budget ran out."""
         self.log.info("worker started", burst=burst, stream=self.settings.inbound_stream)
         self._with_retry(self._prepare)
+        block = None if burst else self.settings.block_ms
         while self.stop_requested_at is None:
-            drained = self._with_retry(lambda: self._step(burst))
+            drained = self._with_retry(lambda: self._step(burst, block))
             if drained is None:
                 return 1
             if burst and drained:
@@ -129,8 +130,9 @@ class Runner:
         if not self.client.xpending_range(name, group, "-", "+", 1, consumername=self.consumer):
             self.client.xgroup_delconsumer(name, group, self.consumer)
 
-    def _step(self, burst: bool) -> bool:
-        """One batch; True when nothing was left to do."""
+    def _step(self, burst: bool, block: int | None) -> bool:
+        """One batch, reading new entries blocking at most ``block`` ms (None: not at all);
+        True when nothing was left to do."""
         claimed_any = more_to_claim = False
         if burst or time.monotonic() >= self._next_claim:
             claimed = self.claimer.claim(self.client)
@@ -141,7 +143,6 @@ class Runner:
             more_to_claim = claimed.more
         if claimed_any:
             return False
-        block = None if burst else self.settings.block_ms
         entries = stream.read_new(self.client, self.settings, self.consumer, block)
         self._handle(entries)
         return not entries and not more_to_claim
@@ -192,7 +193,14 @@ class Runner:
         )
 
 
-def handle_signals(runner: Runner) -> None:
+class Stoppable(Protocol):
+    @property
+    def stop_requested_at(self) -> float | None: ...
+
+    def request_stop(self) -> None: ...
+
+
+def handle_signals(runner: Stoppable) -> None:
     """A first TERM/INT finishes the batch in hand; a second exits at once."""
 
     def on_signal(signum: int, _frame: object) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
+from worker.connection import is_cluster
 from worker.messages import Fields
 from worker.settings import Settings
 
@@ -102,13 +103,21 @@ def publish(
     done: Sequence[str],
 ) -> None:
     """Events and dead letters first, then the acknowledgement, in one round trip: a crash in
-    between redelivers the entries, whose decisions then repeat (at least once)."""
+    between redelivers the entries, whose decisions then repeat (at least once).
+
+    On a Redis Cluster the three streams may live on different masters, and a cluster
+    pipeline writes to every master before it reads any reply, so the XACK waits for the
+    events and dead letters to be written (a second round trip) rather than overtake them."""
     pipe = client.pipeline(transaction=False)
     maxlen = settings.events_maxlen or None
     for event in events:
         pipe.xadd(settings.events_stream, event, maxlen=maxlen, approximate=True)
     for letter in dead:
         pipe.xadd(settings.dead_stream, letter)
+    if done and is_cluster(client):
+        pipe.execute()
+        client.xack(settings.inbound_stream, settings.group, *done)
+        return
     if done:
         pipe.xack(settings.inbound_stream, settings.group, *done)
     pipe.execute()
