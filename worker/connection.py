@@ -12,6 +12,14 @@ from typing import Any
 
 import redis
 from redis.cluster import RedisCluster
+from redis.exceptions import (
+    AskError,
+    ClusterError,
+    ConnectionError,
+    SlotNotCoveredError,
+    TimeoutError,
+    TryAgainError,
+)
 
 from worker import embedded
 from worker.settings import Settings
@@ -29,6 +37,23 @@ def cluster_url(url_: str) -> str | None:
     scheme, sep, rest = url_.partition("://")
     plain = CLUSTER_SCHEMES.get(scheme.lower()) if sep else None
     return f"{plain}://{rest}" if plain else None
+
+
+# What a cluster answers while a slot moves or a master fails over (after redis-py's own
+# retries): the command was not run, and may succeed later. MOVED is an AskError, CLUSTERDOWN
+# a ClusterError, "TTL exhausted" (redirections or TRYAGAIN without end) a ClusterError.
+PASSING_CLUSTER_ERRORS = (
+    TryAgainError,
+    AskError,
+    ClusterError,
+    SlotNotCoveredError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+def is_passing_cluster_error(error: BaseException) -> bool:
+    return isinstance(error, PASSING_CLUSTER_ERRORS)
 
 
 def is_cluster(client: Any) -> bool:

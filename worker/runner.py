@@ -15,6 +15,7 @@ from redis.exceptions import ConnectionError, ResponseError, TimeoutError
 
 from worker import stream
 from worker.assign import Assigner, Decision
+from worker.connection import is_passing_cluster_error
 from worker.lua import Scripts
 from worker.messages import Message, Rejection, parse
 from worker.settings import Settings
@@ -117,6 +118,11 @@ class Runner:
     def _prepare(self) -> None:
         stream.ensure_group(self.client, self.settings)
         self._prune_consumers()
+        # Listed in XINFO CONSUMERS from now on, not from its first entry (`rota demo` waits
+        # for this: its handlers for SIGTERM are in place by then).
+        self.client.xgroup_createconsumer(
+            self.settings.inbound_stream, self.settings.group, self.consumer
+        )
 
     def _prune_consumers(self) -> None:
         """Consumers that hold nothing and have not been seen for an hour are gone for good."""
@@ -169,18 +175,28 @@ class Runner:
                 valid.append((entry, parsed))
         outcomes = self.assigner.decide(self.client, [m for _, m in valid], now_ms())
         events = []
+        deferred: list[Entry] = []
         for (entry, message), outcome in zip(valid, outcomes, strict=True):
             if isinstance(outcome, Decision):
                 events.append(event(message, outcome))
                 self._log_decision(message, outcome)
             elif isinstance(outcome, Rejection):
                 dead.append(dead_letter(entry, outcome.error, outcome.detail))
+            elif is_passing_cluster_error(outcome):
+                # Not run (a slot mid-migration): left pending, tried again, never poison.
+                self.log.warning(
+                    "decision deferred", inbound_id=entry.inbound_id, error=str(outcome)
+                )
+                deferred.append(entry)
+                continue
             else:
                 # Left pending: claimed again later, and dead-lettered as poison in the end.
                 self.log.error("decision failed", inbound_id=entry.inbound_id, error=str(outcome))
                 continue
             done.append(entry.inbound_id)
         stream.publish(self.client, self.settings, events, dead, done)
+        if deferred:
+            stream.defer(self.client, self.settings, self.consumer, deferred)
 
     def _log_decision(self, message: Message, decision: Decision) -> None:
         self.log.debug(

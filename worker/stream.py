@@ -95,6 +95,26 @@ class Claimer:
         return Claimed(retry, poison, more=full)
 
 
+def defer(client: Any, settings: Settings, consumer: str, entries: Sequence[Entry]) -> None:
+    """Keeps entries whose decision met a passing cluster condition (a slot mid-migration, a
+    failover) pending with this consumer, with the delivery count they had before this try:
+    they are claimed again after ROTA_CLAIM_IDLE_MS like any pending entry, but such tries
+    never bring them closer to ``poison``."""
+    by_count: dict[int, list[str]] = {}
+    for entry in entries:
+        by_count.setdefault(entry.deliveries - 1, []).append(entry.inbound_id)
+    for count, ids in by_count.items():
+        client.xclaim(
+            settings.inbound_stream,
+            settings.group,
+            consumer,
+            0,
+            ids,
+            retrycount=count,
+            justid=True,
+        )
+
+
 def publish(
     client: Any,
     settings: Settings,
