@@ -102,7 +102,7 @@ def _drain(url: str, partitions_: int, workers: int) -> float:
 
 def _decision_span_s(client: Any, events_stream: str) -> float:
     first, last = client.xrange(events_stream, count=1), client.xrevrange(events_stream, count=1)
-    ms = [int(entries[0][0].split(b"-")[0]) for entries in (first, last)]
+    ms = [int(entries[0][0].split("-")[0]) for entries in (first, last)]
     return max(ms[1] - ms[0], 1) / 1000
 
 
@@ -129,7 +129,7 @@ def measure(
             masters = 1
         try:
             settings = _settings(servers.url, partitions_)
-            client = servers.client()
+            client = servers.client(decode=True)
             names = [f"bench{i:03d}" for i in range(accounts)]
             _backlog(client, settings, messages, names)
             wall = _drain(servers.url, partitions_, workers)
@@ -146,10 +146,12 @@ def measure(
 def compare(
     messages: int = 20_000, workers: int = 2, accounts: int = 30, partitions_: int = 4
 ) -> list[Throughput]:
-    """The same backlog on one redis-server, then on a 3-master cluster."""
+    """The same backlog on one redis-server with one inbound stream (the default), on one
+    redis-server with ``partitions_`` partitions, then on a 3-master cluster with as many."""
     return [
-        measure(topology, messages, workers, accounts, partitions_)
-        for topology in ("single", "cluster")
+        measure("single", messages, workers, accounts, 1),
+        measure("single", messages, workers, accounts, partitions_),
+        measure("cluster", messages, workers, accounts, partitions_),
     ]
 
 

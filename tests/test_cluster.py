@@ -262,6 +262,16 @@ def test_cli_commands_work_on_a_cluster(rd: Any, redis_cluster: RedisClusterServ
     ]
     assert '"cursor": 3' in shown.stdout and '"known_customers": 2' in shown.stdout
 
+    # A message for a number without settings is dead-lettered, listed, replayed
+    assert rota(url, "send", "--account", ACCOUNT, "15559999999", "447700900002").returncode == 0
+    assert rota(url, "worker", "--burst").returncode == 0
+    listed = rota(url, "dead", "list")
+    replayed = rota(url, "dead", "replay")
+
+    assert '"error": "unknown_number"' in listed.stdout, listed.stderr
+    assert replayed.stdout == "replayed 1 dead letters onto rota:inbound\n", replayed.stderr
+    assert rd.xlen("rota:dead") == 0
+
 
 @ON_CLUSTER
 def test_demo_runs_end_to_end_on_a_cluster(rd: Any, redis_cluster: RedisClusterServers) -> None:
