@@ -14,7 +14,9 @@ from collections import Counter
 from typing import Any
 
 import pytest
+import redis
 from redis.cluster import RedisCluster
+from redis.crc import key_slot
 from redis.exceptions import ResponseError
 
 from tests.conftest import ON_SINGLE_AND_CLUSTER, ROOT, Target, make_settings, spawn_worker
@@ -31,6 +33,9 @@ from tests.helpers import (
 )
 from tests.redis_cluster import RedisClusterServers, SlotMover, owner
 from worker import admin, connection, keys, partitions
+from worker.assign import Assigner
+from worker.lua import Scripts
+from worker.messages import Message
 from worker.settings import Settings
 
 ON_CLUSTER = pytest.mark.parametrize("backend", ["cluster"], indirect=True)  # rd, rb: cluster
@@ -111,6 +116,17 @@ def test_rota_partition_prints_the_accounts_stream_and_send_uses_it(
     assert sent.returncode == 0, sent.stderr
     assert rd.xrange("rota:inbound:6")[0][0] == sent.stdout.strip()
     assert not rd.exists("rota:inbound")
+
+
+def test_every_key_of_a_decision_is_in_its_accounts_slot() -> None:
+    assigner = Assigner(Scripts(redis.Redis()), dedup_window_s=86_400)
+    assigner._groups[(ACCOUNT, NUMBER)] = ("sales", "night")  # as after a "!groups" reply
+    message = Message("1-0", ACCOUNT, NUMBER, "447700900001", "wamid.1")
+
+    script_keys, _ = assigner.call(message, 1_700_000_000_000)
+
+    assert len(script_keys) == 15
+    assert {key_slot(key.encode()) for key in script_keys} == {key_slot(b"{acme}")}
 
 
 # --- Accounts over masters -----------------------------------------------------------------
