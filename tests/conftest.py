@@ -5,10 +5,11 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
+from tests.redis_cluster import RedisClusterServers
 from tests.redis_server import RedisServer
 from worker.settings import Settings
 
@@ -37,19 +38,57 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    """A 3-master Redis Cluster for the session, emptied per test by ``rb``."""
+    cluster = RedisClusterServers(tmp_path_factory.mktemp("cluster")).start()
+    yield cluster
+    cluster.stop()
+
+
+class Target(Protocol):
+    """What the tests need of a Redis: the URL workers get, and clients."""
+
+    @property
+    def url(self) -> str: ...
+
+    def client(self, decode: bool = False) -> Any: ...
+
+
+# Runs a test (or, as ``pytestmark``, a module) on one redis-server and on the 3-master cluster.
+ON_SINGLE_AND_CLUSTER = pytest.mark.parametrize("backend", ["single", "cluster"], indirect=True)
+
+
 @pytest.fixture
-def rb(redis_server: RedisServer) -> Iterator[Any]:
-    """A bytes client on an empty database (the worker's view)."""
-    client = redis_server.client()
+def backend(request: pytest.FixtureRequest) -> str:
+    """``single`` unless a test is parametrized with ON_SINGLE_AND_CLUSTER."""
+    value: str = getattr(request, "param", "single")
+    return value
+
+
+@pytest.fixture
+def target(request: pytest.FixtureRequest, backend: str) -> Target:
+    """The session's redis-server, or its cluster for the ``cluster`` backend."""
+    server: Target = request.getfixturevalue(
+        "redis_cluster" if backend == "cluster" else "redis_server"
+    )
+    return server
+
+
+@pytest.fixture
+def rb(target: Target) -> Iterator[Any]:
+    """A bytes client on an empty database (the worker's view); on a cluster, every master
+    is emptied."""
+    client = target.client()
     client.flushall()
     yield client
     client.close()
 
 
 @pytest.fixture
-def rd(redis_server: RedisServer, rb: Any) -> Iterator[Any]:
+def rd(target: Target, rb: Any) -> Iterator[Any]:
     """A decoding client on the same, emptied database (the admin's view)."""
-    client = redis_server.client(decode=True)
+    client = target.client(decode=True)
     yield client
     client.close()
 
@@ -60,8 +99,8 @@ def make_settings(url: str, **overrides: Any) -> Settings:
 
 
 @pytest.fixture
-def settings(redis_server: RedisServer, rb: Any) -> Settings:
-    return make_settings(redis_server.url)
+def settings(target: Target, rb: Any) -> Settings:
+    return make_settings(target.url)
 
 
 def worker_env(url: str, **overrides: str) -> dict[str, str]:

@@ -6,7 +6,7 @@ from typing import Any
 
 from worker import admin
 from worker.log import logger
-from worker.runner import Runner
+from worker.partitioned import make_runner
 from worker.settings import Settings
 
 ACCOUNT, NUMBER = "acme", "15550001000"
@@ -40,7 +40,8 @@ def send(
 
 
 def run_burst(rb: Any, settings: Settings, consumer: str = "test") -> int:
-    return Runner(rb, settings, logger(settings), consumer=consumer).run(burst=True)
+    """A burst worker: one Runner, or one lane per partition with ROTA_INBOUND_PARTITIONS."""
+    return make_runner(rb, settings, logger(settings), consumer=consumer).run(burst=True)
 
 
 def events(rd: Any, settings: Settings) -> list[dict[str, str]]:

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import ON_SINGLE_AND_CLUSTER
 from tests.helpers import (
     ACCOUNT,
     NUMBER,
@@ -22,6 +23,8 @@ from worker.lua import Scripts
 from worker.messages import Message, parse
 from worker.runner import now_ms
 from worker.settings import Settings
+
+pytestmark = ON_SINGLE_AND_CLUSTER  # every rule, on one redis-server and on a 3-master cluster
 
 CUSTOMER, OTHER = "447700900001", "447700900002"
 NOW = now_ms()  # the dedup keys expire relative to the server's clock

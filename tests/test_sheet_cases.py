@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from tests.conftest import ON_SINGLE_AND_CLUSTER
 from tests.helpers import decide, given_number, given_presence
 from worker import admin
 from worker.settings import Settings
+
+pytestmark = ON_SINGLE_AND_CLUSTER
 
 
 def test_case_1_all_available_rotate_in_order(rd: Any, rb: Any, settings: Settings) -> None:

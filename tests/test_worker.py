@@ -17,7 +17,14 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, make_settings, spawn_worker, worker_env
+from tests.conftest import (
+    ON_SINGLE_AND_CLUSTER,
+    ROOT,
+    Target,
+    make_settings,
+    spawn_worker,
+    worker_env,
+)
 from tests.helpers import ACCOUNT, NUMBER, dead, events, given_number, given_presence, run_burst
 from tests.redis_server import RedisServer
 from worker import admin, keys
@@ -152,21 +159,22 @@ def all_decided(rd: Any, count: int) -> Callable[[], bool]:
 
 
 @pytest.mark.chaos
+@ON_SINGLE_AND_CLUSTER
 def test_four_workers_share_rotation_exactly_and_decide_each_message_once(
-    rd: Any, redis_server: RedisServer, workers: Callable[..., subprocess.Popen[bytes]]
+    rd: Any, target: Target, workers: Callable[..., subprocess.Popen[bytes]]
 ) -> None:
     # Given 5 available users and 20,000 first messages of new customers on one number
     given_five_available_users(rd)
     message_ids = given_new_customers(rd, 20_000)
 
     # When 4 burst workers drain the stream together
-    processes = [workers(redis_server.url, "--burst") for _ in range(4)]
+    processes = [workers(target.url, "--burst") for _ in range(4)]
     outcomes = [finish(p, timeout=120) for p in processes]
 
     # Then every worker exits 0, each message has exactly one decision, the rotation is exact
     assert outcomes == [(0, "")] * 4
     decisions = the_decisions(rd, message_ids)
-    assert len(events(rd, make_settings(redis_server.url))) == 20_000, "no crash, no repeat"
+    assert len(events(rd, make_settings(target.url))) == 20_000, "no crash, no repeat"
     assert {d["reason"] for d in decisions.values()} == {"round_robin"}
     assert Counter(d["user"] for d in decisions.values()) == dict.fromkeys(USERS, 4_000)
     assert cursor(rd) == 20_000
@@ -174,15 +182,16 @@ def test_four_workers_share_rotation_exactly_and_decide_each_message_once(
 
 
 @pytest.mark.chaos
+@ON_SINGLE_AND_CLUSTER
 def test_worker_killed_mid_stream_leaves_nothing_undecided_or_decided_twice(
-    rd: Any, redis_server: RedisServer, workers: Callable[..., subprocess.Popen[bytes]]
+    rd: Any, target: Target, workers: Callable[..., subprocess.Popen[bytes]]
 ) -> None:
     # Given 20,000 new customers and two workers that claim what stays idle for 500 ms
     given_five_available_users(rd)
     message_ids = given_new_customers(rd, 20_000)
     claim = {"claim_idle_ms": "500"}
-    victim = workers(redis_server.url, consumer="victim", **claim)
-    survivor = workers(redis_server.url, consumer="survivor", **claim)
+    victim = workers(target.url, consumer="victim", **claim)
+    survivor = workers(target.url, consumer="survivor", **claim)
     wait_until(lambda: rd.xlen("rota:assignments") >= 2_000, 30, "first decisions")
 
     # When the victim is killed with SIGKILL after deciding a batch but before publishing it

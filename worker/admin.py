@@ -9,7 +9,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from worker import chats, keys, rules
+from worker import chats, keys, partitions, rules
 from worker.keys import group_name
 from worker.settings import Settings
 
@@ -133,7 +133,9 @@ def show_number(client: Any, account: str, number: str) -> dict[str, Any] | None
 
 
 def send(client: Any, settings: Settings, fields: dict[str, str]) -> str:
-    entry_id: str = client.xadd(settings.inbound_stream, fields)
+    """XADD to the inbound stream, or to the account's partition (worker.partitions)."""
+    stream = partitions.inbound_stream(settings, fields.get("account"))
+    entry_id: str = client.xadd(stream, fields)
     return entry_id
 
 
@@ -148,17 +150,18 @@ def dead_letters(
 
 
 def replay_dead(raw_client: Any, settings: Settings, count: int) -> list[tuple[str, str]]:
-    """Puts dead letters back on the inbound stream, oldest first, without their dead-letter
-    fields; each is added before it is deleted, so a crash duplicates rather than loses.
-    Returns (dead id, new inbound id) pairs. Uses a bytes client: fields may not be UTF-8."""
+    """Puts dead letters back on the inbound stream (the partition of their account), oldest
+    first, without their dead-letter fields; each is added, and only once that succeeded
+    deleted, so a crash duplicates rather than loses (the two streams may be on different
+    Cluster masters). Returns (dead id, new inbound id) pairs. Uses a bytes client: fields
+    may not be UTF-8."""
     moved = []
     for dead_id, fields in raw_client.xrange(settings.dead_stream, count=count):
         original = {k: v for k, v in fields.items() if k not in DEAD_LETTER_FIELDS}
         if not original:
             original = {b"replayed_from": dead_id}
-        pipe = raw_client.pipeline(transaction=False)
-        pipe.xadd(settings.inbound_stream, original)
-        pipe.xdel(settings.dead_stream, dead_id)
-        new_id, _ = pipe.execute()
+        stream = partitions.inbound_stream(settings, original.get(b"account"))
+        new_id = raw_client.xadd(stream, original)
+        raw_client.xdel(settings.dead_stream, dead_id)
         moved.append((dead_id.decode(), new_id.decode()))
     return moved

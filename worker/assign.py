@@ -9,6 +9,7 @@ from typing import Any
 from redis.exceptions import NoScriptError, ResponseError
 
 from worker import keys, wire
+from worker.connection import is_cluster
 from worker.lua import Scripts
 from worker.messages import Message, Rejection
 
@@ -77,6 +78,27 @@ class Assigner:
         script_keys, args = self.call(message, now_ms)
         return ("EVALSHA", self._script.sha, len(script_keys), *script_keys, *args)
 
+    def _round_trip(
+        self, client: Any, messages: Sequence[Message], now_ms: int, route: Any
+    ) -> list[Any]:
+        if route is None:
+            return wire.execute(client, [self._command(m, now_ms) for m in messages])
+        pipe = client.pipeline(transaction=False)
+        for message in messages:
+            self._queue_routed(pipe, message, now_ms, route)
+        replies: list[Any] = pipe.execute(raise_on_error=False)
+        return replies
+
+    def _queue_routed(self, pipe: Any, message: Message, now_ms: int, route: Any) -> None:
+        script_keys, args = self.call(message, now_ms)
+        # A cluster pipeline refuses evalsha() and would ask a node (COMMAND GETKEYS) where
+        # each call goes; every key is in the account's slot, which names the master.
+        # A MOVED or ASK reply is still followed: redis-py resends that call on its own.
+        sha, node = self._script.sha, route(script_keys[0])
+        pipe.execute_command(
+            "EVALSHA", sha, len(script_keys), *script_keys, *args, target_nodes=node
+        )
+
     def _outcome(self, message: Message, reply: Any) -> Outcome | None:
         """The outcome, or None when the call must be made again."""
         if isinstance(reply, NoScriptError):
@@ -101,10 +123,13 @@ class Assigner:
         """
         outcomes: list[Outcome | None] = [None] * len(messages)
         todo = list(range(len(messages)))
+        base = wire.unwrap(client)
+        route = base.get_node_from_key if is_cluster(base) else None
         for _ in range(MAX_ATTEMPTS):
-            replies = wire.execute(client, [self._command(messages[i], now_ms) for i in todo])
+            replies = self._round_trip(client, [messages[i] for i in todo], now_ms, route)
             if any(isinstance(reply, NoScriptError) for reply in replies):
-                # SCRIPT FLUSH or a restarted server: load once, redo only those calls.
+                # SCRIPT FLUSH or a restarted server: load once (on a cluster, on every
+                # master), redo only those calls.
                 self._script.sha = wire.script_load(client, self._script.script)
             for i, reply in zip(todo, replies, strict=True):
                 outcomes[i] = self._outcome(messages[i], reply)

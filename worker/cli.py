@@ -17,7 +17,7 @@ from typing import NoReturn
 import pydantic
 import redis
 
-from worker import admin, connection, embedded, words
+from worker import admin, connection, embedded, partitions, words
 from worker.settings import Settings
 
 
@@ -111,6 +111,10 @@ def build_parser() -> Parser:
     owner_set.add_argument("user", type=USER)
     owner_set.set_defaults(run=cmd_owner_set)
 
+    partition = commands.add_parser("partition", help="the inbound stream of an account")
+    partition.add_argument("account", type=ACCOUNT)
+    partition.set_defaults(run=cmd_partition)
+
     send = commands.add_parser("send", help="push one inbound message")
     send.add_argument("--account", type=ACCOUNT, default=words.DEFAULT_ACCOUNT)
     send.add_argument("number", type=NUMBER)
@@ -165,13 +169,14 @@ def build_parser() -> Parser:
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from worker.log import logger, redacted_url
     from worker.metrics import Metrics, StreamGauges
-    from worker.runner import Runner, handle_signals
+    from worker.partitioned import make_runner
+    from worker.runner import handle_signals
 
     log = logger(settings)
     client = connection.connect(settings)
     metrics = Metrics()
     metrics.watch(StreamGauges(client, settings))
-    runner = Runner(client, settings, log, metrics=metrics)
+    runner = make_runner(client, settings, log, metrics=metrics)
     if runner.webhooks is not None:
         from worker.webhook import WebhookGauges
 
@@ -292,6 +297,11 @@ def cmd_owner_set(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_partition(args: argparse.Namespace, settings: Settings) -> int:
+    print(partitions.inbound_stream(settings, args.account))
+    return 0
+
+
 def cmd_send(args: argparse.Namespace, settings: Settings) -> int:
     fields = {"account": args.account, "number": args.number, "from": args.customer}
     if args.message_id:
@@ -315,7 +325,9 @@ def cmd_dead_list(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_dead_replay(args: argparse.Namespace, settings: Settings) -> int:
     moved = admin.replay_dead(connection.connect(settings), settings, args.count)
-    print(f"replayed {len(moved)} dead letters onto {settings.inbound_stream}")
+    where = partitions.inbound_streams(settings)
+    onto = where[0] if len(where) == 1 else f"{settings.inbound_stream}:0..{len(where) - 1}"
+    print(f"replayed {len(moved)} dead letters onto {onto}")
     return 0
 
 

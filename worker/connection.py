@@ -1,4 +1,9 @@
-"""A Redis client from the settings: ROTA_REDIS_URL, or the embedded server when unset."""
+"""A Redis client from the settings: ROTA_REDIS_URL, or the embedded server when unset.
+
+``redis+cluster://[USER:PASSWORD@]HOST:PORT`` (``rediss+cluster://`` for TLS) names a Redis
+Cluster by any one of its nodes: the client is then redis-py's RedisCluster, which discovers
+the other nodes with CLUSTER SLOTS and follows MOVED and ASK redirections.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,20 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
+from redis.exceptions import (
+    AskError,
+    ClusterError,
+    ConnectionError,
+    SlotNotCoveredError,
+    TimeoutError,
+    TryAgainError,
+)
 
 from worker import embedded
 from worker.settings import Settings
+
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
 
 def url(settings: Settings) -> str:
@@ -18,12 +34,46 @@ def url(settings: Settings) -> str:
     return embedded.ensure(Path(settings.home))
 
 
+def cluster_url(url_: str) -> str | None:
+    """``redis+cluster://h:p`` -> ``redis://h:p`` (what RedisCluster.from_url takes); None for
+    a URL that does not name a cluster."""
+    scheme, sep, rest = url_.partition("://")
+    plain = CLUSTER_SCHEMES.get(scheme.lower()) if sep else None
+    return f"{plain}://{rest}" if plain else None
+
+
+# What a cluster answers while a slot moves or a master fails over (after redis-py's own
+# retries): the command was not run, and may succeed later. MOVED is an AskError, CLUSTERDOWN
+# a ClusterError, "TTL exhausted" (redirections or TRYAGAIN without end) a ClusterError.
+PASSING_CLUSTER_ERRORS = (
+    TryAgainError,
+    AskError,
+    ClusterError,
+    SlotNotCoveredError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+def is_passing_cluster_error(error: BaseException) -> bool:
+    return isinstance(error, PASSING_CLUSTER_ERRORS)
+
+
+def is_cluster(client: Any) -> bool:
+    """Whether the client (or pipeline) talks to a Redis Cluster."""
+    return isinstance(client, RedisCluster)
+
+
 def connect(settings: Settings, decode: bool = False) -> Any:
     # The socket timeout stays above the blocking read's, else the client times out mid-block.
-    return redis.Redis.from_url(
-        url(settings),
-        decode_responses=decode,
-        socket_timeout=settings.block_ms / 1000 + 5,
-        socket_connect_timeout=5,
-        health_check_interval=30,
-    )
+    options: dict[str, Any] = {
+        "decode_responses": decode,
+        "socket_timeout": settings.block_ms / 1000 + 5,
+        "socket_connect_timeout": 5,
+        "health_check_interval": 30,
+    }
+    address = url(settings)
+    seed = cluster_url(address)
+    if seed is not None:
+        return RedisCluster.from_url(seed, **options)
+    return redis.Redis.from_url(address, **options)

@@ -11,7 +11,9 @@ import time
 import uuid
 from typing import Any
 
-from worker import admin, connection, keys
+from redis.exceptions import ResponseError
+
+from worker import admin, connection, keys, partitions
 from worker.settings import Settings
 from worker.words import mask
 
@@ -77,6 +79,21 @@ def start_workers(settings: Settings) -> list[subprocess.Popen[bytes]]:
     return [subprocess.Popen(command, env=env) for _ in range(WORKERS)]
 
 
+def wait_for_workers(client: Any, settings: Settings, count: int) -> None:
+    """Until ``count`` consumers read the demo account's stream: a worker stopped before it
+    set up its signal handlers would die of the SIGTERM instead of exiting 0."""
+    stream = partitions.inbound_stream(settings, ACCOUNT)
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        try:
+            if len(client.xinfo_consumers(stream, settings.group)) >= count:
+                return
+        except ResponseError:  # no stream or group yet
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"{count} workers did not start within {WAIT_S:.0f} s")
+
+
 def stop_workers(workers: list[subprocess.Popen[bytes]]) -> list[int]:
     for process in workers:
         process.send_signal(signal.SIGTERM)
@@ -91,6 +108,7 @@ def run_demo(settings: Settings) -> int:
     print(f"Redis: {connection.url(settings)}; {WORKERS} worker processes")
     workers = start_workers(settings)
     try:
+        wait_for_workers(client, settings, WORKERS)
         demo.presence(A="available", B="available", C="available", D="available")
         demo.case("Case 1: all users available", 5, ["A", "B", "C", "D", "A"])
         demo.presence(A="unavailable", C="in_break")

@@ -10,12 +10,13 @@ import signal
 import socket
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from redis.exceptions import ConnectionError, ResponseError, TimeoutError
 
 from worker import chats, stream, wire
 from worker.assign import Assigner, Decision
+from worker.connection import is_passing_cluster_error
 from worker.log import level
 from worker.lua import Scripts
 from worker.messages import Message, Rejection, parse
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 
 BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.1, 5.0
 STALE_CONSUMER_IDLE_MS = 3_600_000
+FATAL_REFUSALS = ("NOPERM", "NOAUTH", "WRONGPASS")
 
 
 def now_ms() -> int:
@@ -103,8 +105,9 @@ class Runner:
         """0 after a clean stop (or a drained burst); 1 when the shutdown budget ran out."""
         self.log.info("worker started", burst=burst, stream=self.settings.inbound_stream)
         self._with_retry(self._prepare)
+        block = None if burst else self.settings.block_ms
         while self.stop_requested_at is None:
-            drained = self._with_retry(lambda: self._step(burst))
+            drained = self._with_retry(lambda: self._step(burst, block))
             if drained is None:
                 return 1
             if burst and drained:
@@ -123,12 +126,14 @@ class Runner:
             except (ConnectionError, TimeoutError) as error:
                 self.log.warning("redis unreachable, retrying", error=str(error), retry_in_s=delay)
             except ResponseError as error:
+                if str(error).startswith(FATAL_REFUSALS):
+                    raise  # credentials or ACL: retrying cannot help, the operator must act
                 if "NOGROUP" in str(error):
                     self.log.warning("stream or group missing, recreating", error=str(error))
                     self._recreate_group()
                 else:
-                    # Out of memory, a key of the wrong type, an ACL refusal: nothing was
-                    # acknowledged, so retrying loses nothing and the log says why.
+                    # Out of memory, a key of the wrong type: nothing was acknowledged, so
+                    # retrying loses nothing and the log says why.
                     self.log.error("redis refused a command, retrying", error=str(error))
             if self._over_budget():
                 self.log.error("shutdown budget spent while redis was unreachable")
@@ -147,6 +152,11 @@ class Runner:
     def _prepare(self) -> None:
         stream.ensure_group(self.client, self.settings)
         self._prune_consumers()
+        # Listed in XINFO CONSUMERS from now on, not from its first entry (`rota demo` waits
+        # for this: its handlers for SIGTERM are in place by then).
+        self.client.xgroup_createconsumer(
+            self.settings.inbound_stream, self.settings.group, self.consumer
+        )
 
     def _prune_consumers(self) -> None:
         """Consumers that hold nothing and have not been seen for an hour are gone for good."""
@@ -161,11 +171,11 @@ class Runner:
         if not self.client.xpending_range(name, group, "-", "+", 1, consumername=self.consumer):
             self.client.xgroup_delconsumer(name, group, self.consumer)
 
-    def _step(self, burst: bool) -> bool:
-        """One batch; True when nothing was left to do: nothing new, nothing old to claim."""
+    def _step(self, burst: bool, block: int | None) -> bool:
+        """One batch, reading new entries blocking at most ``block`` ms (None: not at all);
+        True when nothing was left to do: nothing new, nothing old to claim."""
         if time.monotonic() >= self._next_claim and self._claim():
             return False
-        block = None if burst else self.settings.block_ms
         entries = stream.read_new(self.link, self.settings, self.consumer, block, self._acks)
         self._acks = []
         if entries:
@@ -211,6 +221,7 @@ class Runner:
         now = now_ms()
         outcomes = self.assigner.decide(self.link, [m for _, m in valid], now)
         events = []
+        deferred: list[Entry] = []
         for (entry, message), outcome in zip(valid, outcomes, strict=True):
             if isinstance(outcome, Decision):
                 events.append(event(message, outcome))
@@ -218,12 +229,21 @@ class Runner:
                     self._log_decision(message, outcome)
             elif isinstance(outcome, Rejection):
                 dead.append(dead_letter(entry, outcome.error, outcome.detail))
+            elif is_passing_cluster_error(outcome):
+                # Not run (a slot mid-migration): left pending, tried again, never poison.
+                self.log.warning(
+                    "decision deferred", inbound_id=entry.inbound_id, error=str(outcome)
+                )
+                deferred.append(entry)
+                continue
             else:
                 # Left pending: claimed again later, and dead-lettered as poison in the end.
                 self.log.error("decision failed", inbound_id=entry.inbound_id, error=str(outcome))
                 continue
             done.append(entry.inbound_id)
         self._publish(len(entries), events, dead, done, now)
+        if deferred:
+            stream.defer(self.client, self.settings, self.consumer, deferred)
 
     def _publish(
         self,
@@ -257,7 +277,14 @@ class Runner:
         )
 
 
-def handle_signals(runner: Runner) -> None:
+class Stoppable(Protocol):
+    @property
+    def stop_requested_at(self) -> float | None: ...
+
+    def request_stop(self) -> None: ...
+
+
+def handle_signals(runner: Stoppable) -> None:
     """A first TERM/INT finishes the batch in hand; a second exits at once."""
 
     def on_signal(signum: int, _frame: object) -> None:

@@ -16,6 +16,9 @@ class Settings(BaseSettings):
     home: str = ".rota"  # the embedded Redis's folder
 
     inbound_stream: str = "rota:inbound"
+    # > 1: the inbound stream is split into rota:inbound:0 .. :N-1 (worker.partitions)
+    inbound_partitions: int = Field(1, ge=1, le=1024)
+    partition_block_ms: int = Field(20, ge=1)  # blocking read on one partition when all idle
     events_stream: str = "rota:assignments"
     dead_stream: str = "rota:dead"
     group: str = "rota"

@@ -62,10 +62,13 @@ def read_new(
     return [Entry(_id(entry_id), _pairs(fields), 1) for entry_id, fields in entries]
 
 
-def _pairs(flat: list[bytes] | None) -> Fields:
-    """XREADGROUP's flat field/value list as a dict; None (a deleted entry) as no fields."""
+def _pairs(flat: list[bytes] | Fields | None) -> Fields:
+    """XREADGROUP's flat field/value list as a dict (a cluster pipeline's reply callbacks
+    have made it one already); None (a deleted entry) as no fields."""
     if not flat:
         return {}
+    if isinstance(flat, dict):
+        return flat
     return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
@@ -110,6 +113,26 @@ class Claimer:
             else:
                 retry.append(Entry(inbound_id, fields or {}, seen + 1))
         return Claimed(retry, poison, more=full)
+
+
+def defer(client: Any, settings: Settings, consumer: str, entries: Sequence[Entry]) -> None:
+    """Keeps entries whose decision met a passing cluster condition (a slot mid-migration, a
+    failover) pending with this consumer, with the delivery count they had before this try:
+    they are claimed again after ROTA_CLAIM_IDLE_MS like any pending entry, but such tries
+    never bring them closer to ``poison``."""
+    by_count: dict[int, list[str]] = {}
+    for entry in entries:
+        by_count.setdefault(entry.deliveries - 1, []).append(entry.inbound_id)
+    for count, ids in by_count.items():
+        client.xclaim(
+            settings.inbound_stream,
+            settings.group,
+            consumer,
+            0,
+            ids,
+            retrycount=count,
+            justid=True,
+        )
 
 
 def publish(

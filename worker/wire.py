@@ -40,6 +40,11 @@ class Link:
             self._connection = None
 
 
+def unwrap(target: Any) -> Any:
+    """The redis-py client behind a Link, or the target itself."""
+    return target.client if isinstance(target, Link) else target
+
+
 def execute(target: Any, commands: Sequence[Command]) -> list[Any]:
     """On a Link, its held connection; on a Redis client, a pooled one; on anything else
     (RedisCluster), its pipeline, which routes each command to its slot's node."""
@@ -47,7 +52,7 @@ def execute(target: Any, commands: Sequence[Command]) -> list[Any]:
         return []
     if isinstance(target, Link) and isinstance(target.client, redis.Redis):
         return target.execute(commands)
-    client = target.client if isinstance(target, Link) else target
+    client = unwrap(target)
     if not isinstance(client, redis.Redis):
         pipe = client.pipeline(transaction=False)
         for command in commands:
@@ -65,7 +70,7 @@ def execute(target: Any, commands: Sequence[Command]) -> list[Any]:
 def script_load(target: Any, script: str | bytes | memoryview) -> str:
     """Loads a script where ``execute`` sends commands (RedisCluster: on every primary)."""
     script = bytes(script) if isinstance(script, memoryview) else script
-    client = target.client if isinstance(target, Link) else target
+    client = unwrap(target)
     if not isinstance(client, redis.Redis):
         return str(client.script_load(script))
     (sha,) = execute(target, [("SCRIPT", "LOAD", script)])
