@@ -79,3 +79,20 @@ def spawn_worker(url: str, *flags: str, **overrides: str) -> subprocess.Popen[by
         cwd=ROOT,
         stderr=subprocess.PIPE,
     )
+
+
+@pytest.fixture
+def workers() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """spawn_worker, plus a teardown that kills and reaps whatever is still running."""
+    spawned: list[subprocess.Popen[bytes]] = []
+
+    def spawn(url: str, *flags: str, **overrides: str) -> subprocess.Popen[bytes]:
+        process = spawn_worker(url, *flags, **overrides)
+        spawned.append(process)
+        return process
+
+    yield spawn
+    for process in spawned:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
