@@ -172,3 +172,15 @@ def all_decided(rd: Any, count: int) -> Callable[[], bool]:
         return len(decisions_by_message(rd)) >= count
 
     return done
+
+
+def drained(rd: Any) -> bool:
+    """Every inbound entry read by the group and acknowledged: two small replies, so cheap
+    enough to poll while workers run (acknowledged means published: a decision or a dead
+    letter; the_decisions then checks which)."""
+    groups = rd.xinfo_groups("rota:inbound")
+    last = rd.xrevrange("rota:inbound", count=1)
+    if not groups or not last:
+        return False
+    [group] = groups
+    return int(group["pending"]) == 0 and group["last-delivered-id"] == last[0][0]

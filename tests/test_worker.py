@@ -19,7 +19,9 @@ import pytest
 
 from tests.conftest import ROOT, make_settings, worker_env
 from tests.helpers import (
+    ACCOUNT,
     DEAD_LETTER_FIELDS,
+    NUMBER,
     USERS,
     all_decided,
     consumer_names,
@@ -325,9 +327,11 @@ def test_consumer_holding_pending_entries_stays_in_group_on_exit(
 
 
 @pytest.mark.chaos
+@pytest.mark.parametrize("outage_s", [3, 10])
 def test_worker_survives_redis_restart_and_finishes_the_stream(
     server_factory: Callable[..., RedisServer],
     workers: Callable[..., subprocess.Popen[bytes]],
+    outage_s: int,
 ) -> None:
     # Given a durable Redis and a worker busy on 10,000 messages
     server = server_factory("--appendonly", "yes", "--appendfsync", "always")
@@ -339,20 +343,29 @@ def test_worker_survives_redis_restart_and_finishes_the_stream(
 
     # When Redis is killed while the worker holds a decided, unpublished batch,
     assert pause_holding_decided(rd, worker, "solo") > 0
+    published = rd.xrange("rota:assignments")
+    owners = rd.hgetall(keys.owners(ACCOUNT, NUMBER))
     server.stop(signal.SIGKILL)
     os.kill(worker.pid, signal.SIGCONT)
-    # stays down for 3 s, and comes back on the same port with its data
-    time.sleep(3)
+    # stays down, and comes back on the same port with its data
+    time.sleep(outage_s)
     assert worker.poll() is None, "the worker must outlive the outage"
     server.start()
+    back = time.monotonic()
     assert rd.xlen("rota:assignments") < 10_000, "the outage must land mid-stream"
     message_ids += given_new_customers(rd, 1_000, start=10_000)
+    wait_until(lambda: rd.xlen("rota:assignments") > len(published), 30, "a new decision")
+    print(f"\nredis down {outage_s} s: decisions again {time.monotonic() - back:.1f} s after")
 
     # Then the worker finishes the stream, new messages included, as if nothing happened
     wait_until(all_decided(rd, len(message_ids)), 60, "every message decided")
     worker.send_signal(signal.SIGTERM)
     code, stderr = finish(worker, timeout=30)
     assert code == 0, stderr
+    # and every decision published before the outage is still there, unchanged and first
+    assert rd.xrange("rota:assignments", count=len(published)) == published
+    after = rd.hgetall(keys.owners(ACCOUNT, NUMBER))
+    assert {customer: after[customer] for customer in owners} == owners
     decisions = the_decisions(rd, message_ids)
     assert {d["reason"] for d in decisions.values()} == {"round_robin"}
     assert Counter(d["user"] for d in decisions.values()) == dict.fromkeys(USERS, 2_200)
