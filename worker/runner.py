@@ -4,6 +4,7 @@ pipeline, publish decisions and dead letters and acknowledge in another, stop cl
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import socket
@@ -99,15 +100,19 @@ class Runner:
                     raise
                 self.log.warning("stream or group missing, recreating", error=str(error))
                 self._recreate_group()
-            if self._over_budget():
+            left = self._budget_left()
+            if left <= 0:
                 self.log.error("shutdown budget spent while redis was unreachable")
                 return None
-            time.sleep(delay)
+            time.sleep(min(delay, left))  # a backoff never outlasts the budget
             delay = min(delay * 2, BACKOFF_MAX_S)
 
-    def _over_budget(self) -> bool:
+    def _budget_left(self) -> float:
+        """Seconds a requested stop may still spend retrying; infinite while running."""
         started = self.stop_requested_at
-        return started is not None and time.monotonic() - started > self.settings.shutdown_budget_s
+        if started is None:
+            return math.inf
+        return self.settings.shutdown_budget_s - (time.monotonic() - started)
 
     def _recreate_group(self) -> None:
         with contextlib.suppress(ConnectionError, TimeoutError, ResponseError):
