@@ -233,6 +233,7 @@ def test_debug_logs_of_every_path_mask_customer_numbers(
     for i in decided[150:]:
         send(i, account=ACCOUNT, number=NUMBER)
     wait_until(lambda: drained(rd), 60, "every entry acknowledged")
+    rd.close()
     for worker in workers:
         os.kill(worker.pid or 0, signal.SIGTERM)
     for worker in workers:
