@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+import gc
+import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -118,3 +122,77 @@ def spawn_worker(url: str, *flags: str, **overrides: str) -> subprocess.Popen[by
         cwd=ROOT,
         stderr=subprocess.PIPE,
     )
+
+
+@pytest.fixture
+def workers() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """spawn_worker, plus a teardown that kills and reaps whatever is still running."""
+    spawned: list[subprocess.Popen[bytes]] = []
+
+    def spawn(url: str, *flags: str, **overrides: str) -> subprocess.Popen[bytes]:
+        process = spawn_worker(url, *flags, **overrides)
+        spawned.append(process)
+        return process
+
+    yield spawn
+    for process in spawned:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
+
+
+def _forked_worker_main(env: dict[str, str], log: Path, flags: tuple[str, ...]) -> None:
+    """The body of a forked worker: its stderr to ``log``, its environment, then ``rota worker``."""
+    os.chdir(ROOT)
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.dup2(fd, 2)
+    os.close(fd)
+    sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115 - lives as long as we do
+    os.environ.clear()
+    os.environ.update(env)
+    from worker.cli import main
+
+    sys.exit(main(["worker", *flags]))
+
+
+class ForkedWorkers:
+    """``rota worker`` processes forked from the test's interpreter, which has imported the
+    worker already: a fresh interpreter spends ~0.8 s of CPU importing it, too much to start a
+    replacement every 200 ms on a small machine. Each runs ``worker.cli.main`` as the console
+    script does, with its own environment and its stderr in a file of its own."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.started: list[BaseProcess] = []
+        self._context = multiprocessing.get_context("fork")
+
+    def start(self, url: str, *flags: str, **overrides: str) -> BaseProcess:
+        log = self.directory / f"worker{len(self.started)}.log"
+        args = (worker_env(url, **overrides), log, flags)
+        process = self._context.Process(target=_forked_worker_main, args=args)
+        gc.freeze()  # else the child's first collection touches, and so copies, our whole heap
+        try:
+            process.start()
+        finally:
+            gc.unfreeze()
+        self.started.append(process)
+        return process
+
+    def stderr(self) -> str:
+        """Everything every worker wrote on stderr."""
+        logs = sorted(self.directory.glob("worker*.log"))
+        return "".join(log.read_text(errors="replace") for log in logs)
+
+    def kill_all(self) -> None:
+        for process in self.started:
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signal.SIGKILL)
+            process.join()
+
+
+@pytest.fixture
+def forked_workers(tmp_path: Path) -> Iterator[ForkedWorkers]:
+    workers = ForkedWorkers(tmp_path / "forked")
+    workers.directory.mkdir()
+    yield workers
+    workers.kill_all()

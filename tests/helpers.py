@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import time
+from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
-from worker import admin
+from worker import admin, keys
 from worker.log import logger
 from worker.partitioned import make_runner
 from worker.settings import Settings
@@ -59,3 +65,123 @@ def decide(rd: Any, rb: Any, settings: Settings, *customers: str, **fields: str)
         send(rd, settings, customer, **fields)
     assert run_burst(rb, settings) == 0
     return [e["user"] for e in events(rd, settings)[start:]]
+
+
+USERS = ["A", "B", "C", "D", "E"]
+DEAD_LETTER_FIELDS = {"error", "detail", "inbound_id", "deliveries"}
+
+
+# --- Given ---------------------------------------------------------------------------------
+
+
+def given_five_available_users(rd: Any, account: str = ACCOUNT) -> None:
+    given_number(rd, USERS, account=account)
+    given_presence(rd, account=account, **dict.fromkeys(USERS, "available"))
+
+
+def given_new_customers(rd: Any, count: int, start: int = 0) -> list[str]:
+    """``count`` first messages of distinct customers, pushed in one pipeline; their ids."""
+    pipe = rd.pipeline(transaction=False)
+    message_ids = []
+    for i in range(start, start + count):
+        message_id = f"wamid.{i:06d}"
+        message_ids.append(message_id)
+        fields = {"account": ACCOUNT, "number": NUMBER, "from": f"4477{i:08d}"}
+        pipe.xadd("rota:inbound", {**fields, "message_id": message_id})
+    pipe.execute()
+    return message_ids
+
+
+def fields_of(account: str = ACCOUNT, number: str = NUMBER, **extra: str) -> dict[str, str]:
+    return {"account": account, "number": number, **extra}
+
+
+# --- Processes -----------------------------------------------------------------------------
+
+
+def finish(process: subprocess.Popen[bytes], timeout: float) -> tuple[int, str]:
+    """Waits for the exit; the exit code and what the process wrote on stderr."""
+    _, stderr = process.communicate(timeout=timeout)
+    return process.returncode, stderr.decode(errors="replace")
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def pause_holding_decided(rd: Any, process: subprocess.Popen[bytes], consumer: str) -> int:
+    """SIGSTOPs the worker at a moment it holds entries it has decided (their customers have an
+    owner) but not yet published and acknowledged; returns how many. The worst moment to die."""
+    for _ in range(500):
+        os.kill(process.pid, signal.SIGSTOP)
+        time.sleep(0.02)  # Redis finishes whatever the worker had sent
+        held = rd.xpending_range("rota:inbound", "rota", "-", "+", 10_000, consumername=consumer)
+        held_ids = {p["message_id"] for p in held}
+        if held_ids:  # XPENDING lists them in id order
+            entries = rd.xrange("rota:inbound", held[0]["message_id"], held[-1]["message_id"])
+            customers = [fields["from"] for entry_id, fields in entries if entry_id in held_ids]
+            decided = sum(o is not None for o in rd.hmget(keys.owners(ACCOUNT, NUMBER), customers))
+            if decided:
+                return decided
+        os.kill(process.pid, signal.SIGCONT)
+        time.sleep(0.01)
+    raise AssertionError(f"{consumer} never held a decided, unacknowledged batch")
+
+
+# --- Then ----------------------------------------------------------------------------------
+
+
+def decisions_by_message(rd: Any) -> dict[str, set[tuple[str, ...]]]:
+    """message_id -> the distinct events published for it (a repeat must be identical)."""
+    seen: dict[str, set[tuple[str, ...]]] = defaultdict(set)
+    for _, event in rd.xrange("rota:assignments"):
+        seen[event["message_id"]].add(tuple(sorted(event.items())))
+    return seen
+
+
+def the_decisions(rd: Any, message_ids: list[str]) -> dict[str, dict[str, str]]:
+    """One decision per message: fails if one is missing, or decided two different ways."""
+    seen = decisions_by_message(rd)
+    assert set(seen) == set(message_ids), "every message, and only those, has a decision"
+    differing = {m: events for m, events in seen.items() if len(events) != 1}
+    assert not differing, f"messages decided more than one way: {list(differing)[:5]}"
+    return {m: dict(next(iter(events))) for m, events in seen.items()}
+
+
+def pending_count(rd: Any) -> int:
+    return int(rd.xpending("rota:inbound", "rota")["pending"])
+
+
+def cursor(rd: Any, account: str = ACCOUNT, number: str = NUMBER) -> int:
+    return int(rd.get(keys.cursor(account, number)) or 0)
+
+
+def consumer_names(rd: Any) -> list[str]:
+    return [c["name"] for c in rd.xinfo_consumers("rota:inbound", "rota")]
+
+
+def all_decided(rd: Any, count: int) -> Callable[[], bool]:
+    """Cheap checks first: reading every event while workers run would slow them down."""
+
+    def done() -> bool:
+        if rd.xlen("rota:assignments") < count or pending_count(rd) > 0:
+            return False
+        return len(decisions_by_message(rd)) >= count
+
+    return done
+
+
+def drained(rd: Any) -> bool:
+    """Every inbound entry read by the group and acknowledged: two small replies, so cheap
+    enough to poll while workers run (acknowledged means published: a decision or a dead
+    letter; the_decisions then checks which)."""
+    groups = rd.xinfo_groups("rota:inbound")
+    last = rd.xrevrange("rota:inbound", count=1)
+    if not groups or not last:
+        return False
+    [group] = groups
+    return int(group["pending"]) == 0 and group["last-delivered-id"] == last[0][0]

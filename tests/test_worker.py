@@ -11,8 +11,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -22,138 +22,33 @@ from tests.conftest import (
     ROOT,
     Target,
     make_settings,
-    spawn_worker,
     worker_env,
 )
-from tests.helpers import ACCOUNT, NUMBER, dead, events, given_number, given_presence, run_burst
+from tests.helpers import (
+    ACCOUNT,
+    DEAD_LETTER_FIELDS,
+    NUMBER,
+    USERS,
+    all_decided,
+    consumer_names,
+    cursor,
+    dead,
+    events,
+    fields_of,
+    finish,
+    given_five_available_users,
+    given_new_customers,
+    given_number,
+    given_presence,
+    pause_holding_decided,
+    pending_count,
+    run_burst,
+    the_decisions,
+    wait_until,
+)
 from tests.redis_server import RedisServer
 from worker import admin, keys
 from worker.settings import Settings
-
-USERS = ["A", "B", "C", "D", "E"]
-DEAD_LETTER_FIELDS = {"error", "detail", "inbound_id", "deliveries"}
-
-
-# --- Given ---------------------------------------------------------------------------------
-
-
-def given_five_available_users(rd: Any, account: str = ACCOUNT) -> None:
-    given_number(rd, USERS, account=account)
-    given_presence(rd, account=account, **dict.fromkeys(USERS, "available"))
-
-
-def given_new_customers(rd: Any, count: int, start: int = 0) -> list[str]:
-    """``count`` first messages of distinct customers, pushed in one pipeline; their ids."""
-    pipe = rd.pipeline(transaction=False)
-    message_ids = []
-    for i in range(start, start + count):
-        message_id = f"wamid.{i:06d}"
-        message_ids.append(message_id)
-        fields = {"account": ACCOUNT, "number": NUMBER, "from": f"4477{i:08d}"}
-        pipe.xadd("rota:inbound", {**fields, "message_id": message_id})
-    pipe.execute()
-    return message_ids
-
-
-def fields_of(account: str = ACCOUNT, number: str = NUMBER, **extra: str) -> dict[str, str]:
-    return {"account": account, "number": number, **extra}
-
-
-# --- Processes -----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def workers() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
-    """spawn_worker, plus a teardown that kills and reaps whatever is still running."""
-    spawned: list[subprocess.Popen[bytes]] = []
-
-    def spawn(url: str, *flags: str, **overrides: str) -> subprocess.Popen[bytes]:
-        process = spawn_worker(url, *flags, **overrides)
-        spawned.append(process)
-        return process
-
-    yield spawn
-    for process in spawned:
-        if process.poll() is None:
-            process.kill()
-        process.communicate()
-
-
-def finish(process: subprocess.Popen[bytes], timeout: float) -> tuple[int, str]:
-    """Waits for the exit; the exit code and what the process wrote on stderr."""
-    _, stderr = process.communicate(timeout=timeout)
-    return process.returncode, stderr.decode(errors="replace")
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.1)
-
-
-def pause_holding_decided(rd: Any, process: subprocess.Popen[bytes], consumer: str) -> int:
-    """SIGSTOPs the worker at a moment it holds entries it has decided (their customers have an
-    owner) but not yet published and acknowledged; returns how many. The worst moment to die."""
-    for _ in range(500):
-        os.kill(process.pid, signal.SIGSTOP)
-        time.sleep(0.02)  # Redis finishes whatever the worker had sent
-        held = rd.xpending_range("rota:inbound", "rota", "-", "+", 10_000, consumername=consumer)
-        held_ids = {p["message_id"] for p in held}
-        if held_ids:  # XPENDING lists them in id order
-            entries = rd.xrange("rota:inbound", held[0]["message_id"], held[-1]["message_id"])
-            customers = [fields["from"] for entry_id, fields in entries if entry_id in held_ids]
-            decided = sum(o is not None for o in rd.hmget(keys.owners(ACCOUNT, NUMBER), customers))
-            if decided:
-                return decided
-        os.kill(process.pid, signal.SIGCONT)
-        time.sleep(0.01)
-    raise AssertionError(f"{consumer} never held a decided, unacknowledged batch")
-
-
-# --- Then ----------------------------------------------------------------------------------
-
-
-def decisions_by_message(rd: Any) -> dict[str, set[tuple[str, ...]]]:
-    """message_id -> the distinct events published for it (a repeat must be identical)."""
-    seen: dict[str, set[tuple[str, ...]]] = defaultdict(set)
-    for _, event in rd.xrange("rota:assignments"):
-        seen[event["message_id"]].add(tuple(sorted(event.items())))
-    return seen
-
-
-def the_decisions(rd: Any, message_ids: list[str]) -> dict[str, dict[str, str]]:
-    """One decision per message: fails if one is missing, or decided two different ways."""
-    seen = decisions_by_message(rd)
-    assert set(seen) == set(message_ids), "every message, and only those, has a decision"
-    differing = {m: events for m, events in seen.items() if len(events) != 1}
-    assert not differing, f"messages decided more than one way: {list(differing)[:5]}"
-    return {m: dict(next(iter(events))) for m, events in seen.items()}
-
-
-def pending_count(rd: Any) -> int:
-    return int(rd.xpending("rota:inbound", "rota")["pending"])
-
-
-def cursor(rd: Any, account: str = ACCOUNT, number: str = NUMBER) -> int:
-    return int(rd.get(keys.cursor(account, number)) or 0)
-
-
-def consumer_names(rd: Any) -> list[str]:
-    return [c["name"] for c in rd.xinfo_consumers("rota:inbound", "rota")]
-
-
-def all_decided(rd: Any, count: int) -> Callable[[], bool]:
-    """Cheap checks first: reading every event while workers run would slow them down."""
-
-    def done() -> bool:
-        if rd.xlen("rota:assignments") < count or pending_count(rd) > 0:
-            return False
-        return len(decisions_by_message(rd)) >= count
-
-    return done
-
 
 # --- Many workers --------------------------------------------------------------------------
 
@@ -440,9 +335,11 @@ def test_consumer_holding_pending_entries_stays_in_group_on_exit(
 
 
 @pytest.mark.chaos
+@pytest.mark.parametrize("outage_s", [3, 10])
 def test_worker_survives_redis_restart_and_finishes_the_stream(
     server_factory: Callable[..., RedisServer],
     workers: Callable[..., subprocess.Popen[bytes]],
+    outage_s: int,
 ) -> None:
     # Given a durable Redis and a worker busy on 10,000 messages
     server = server_factory("--appendonly", "yes", "--appendfsync", "always")
@@ -454,20 +351,29 @@ def test_worker_survives_redis_restart_and_finishes_the_stream(
 
     # When Redis is killed while the worker holds a decided, unpublished batch,
     assert pause_holding_decided(rd, worker, "solo") > 0
+    published = rd.xrange("rota:assignments")
+    owners = rd.hgetall(keys.owners(ACCOUNT, NUMBER))
     server.stop(signal.SIGKILL)
     os.kill(worker.pid, signal.SIGCONT)
-    # stays down for 3 s, and comes back on the same port with its data
-    time.sleep(3)
+    # stays down, and comes back on the same port with its data
+    time.sleep(outage_s)
     assert worker.poll() is None, "the worker must outlive the outage"
     server.start()
+    back = time.monotonic()
     assert rd.xlen("rota:assignments") < 10_000, "the outage must land mid-stream"
     message_ids += given_new_customers(rd, 1_000, start=10_000)
+    wait_until(lambda: rd.xlen("rota:assignments") > len(published), 30, "a new decision")
+    print(f"\nredis down {outage_s} s: decisions again {time.monotonic() - back:.1f} s after")
 
     # Then the worker finishes the stream, new messages included, as if nothing happened
     wait_until(all_decided(rd, len(message_ids)), 60, "every message decided")
     worker.send_signal(signal.SIGTERM)
     code, stderr = finish(worker, timeout=30)
     assert code == 0, stderr
+    # and every decision published before the outage is still there, unchanged and first
+    assert rd.xrange("rota:assignments", count=len(published)) == published
+    after = rd.hgetall(keys.owners(ACCOUNT, NUMBER))
+    assert {customer: after[customer] for customer in owners} == owners
     decisions = the_decisions(rd, message_ids)
     assert {d["reason"] for d in decisions.values()} == {"round_robin"}
     assert Counter(d["user"] for d in decisions.values()) == dict.fromkeys(USERS, 2_200)

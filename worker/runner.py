@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import signal
 import socket
@@ -135,15 +136,19 @@ class Runner:
                     # Out of memory, a key of the wrong type: nothing was acknowledged, so
                     # retrying loses nothing and the log says why.
                     self.log.error("redis refused a command, retrying", error=str(error))
-            if self._over_budget():
+            left = self._budget_left()
+            if left <= 0:
                 self.log.error("shutdown budget spent while redis was unreachable")
                 return None
-            time.sleep(delay)
+            time.sleep(min(delay, left))  # a backoff never outlasts the budget
             delay = min(delay * 2, BACKOFF_MAX_S)
 
-    def _over_budget(self) -> bool:
+    def _budget_left(self) -> float:
+        """Seconds a requested stop may still spend retrying; infinite while running."""
         started = self.stop_requested_at
-        return started is not None and time.monotonic() - started > self.settings.shutdown_budget_s
+        if started is None:
+            return math.inf
+        return self.settings.shutdown_budget_s - (time.monotonic() - started)
 
     def _recreate_group(self) -> None:
         with contextlib.suppress(ConnectionError, TimeoutError, ResponseError):
