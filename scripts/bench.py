@@ -930,7 +930,27 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     names = [*PART_NAMES, *PART_NAMES.values()]
     parser.add_argument("--only", metavar="PART", choices=names, help=f"one of {', '.join(names)}")
     parser.add_argument("--json", metavar="FILE", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="also: end-to-end throughput on a 3-master Redis Cluster next to one server",
+    )
     return parser.parse_args(argv)
+
+
+def cluster_table(quick: bool, report: Report) -> str:
+    """tests/cluster_bench: one backlog on one server (one stream, then partitions) and on a
+    3-master cluster, each drained by 2 burst workers."""
+    from tests import cluster_bench
+
+    log("cluster: single server vs 3-master cluster, 2 workers each")
+    results = cluster_bench.compare(messages=5_000 if quick else 50_000, workers=2)
+    report.figures["cluster"] = [
+        {"topology": r.topology, "partitions": r.partitions, "msg_per_s": round(r.per_s)}
+        for r in results
+    ]
+    rows = "\n".join(result.row() for result in results)
+    return f"## Redis Cluster\n\n{cluster_bench.HEADER}\n{rows}\n"
 
 
 def on_sigterm(signum: int, _frame: FrameType | None) -> None:
@@ -962,6 +982,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     report.figures["sizes"] = asdict(sizes)
     report.figures["targets"] = [asdict(row) for row in report.rows if row.ok is not None]
     print(render(report, title, footer))
+    if args.cluster and code == 0:
+        print("\n" + cluster_table(args.quick, report))
     if args.json:
         args.json.write_text(json.dumps(report.figures, indent=2) + "\n")
     log(f"done in {runtime:.1f} s")

@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from worker import admin, keys
@@ -185,3 +187,20 @@ def drained(rd: Any) -> bool:
         return False
     [group] = groups
     return int(group["pending"]) == 0 and group["last-delivered-id"] == last[0][0]
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_rota(url: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``rota ARGS`` with only ROTA_REDIS_URL (and ``env``) set among the ROTA_ variables."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("ROTA_")}
+    environ.update({"ROTA_REDIS_URL": url, "ROTA_LOG_LEVEL": "warning", **env})
+    return subprocess.run(
+        [sys.executable, "-m", "worker", *args],
+        cwd=ROOT,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )

@@ -5,15 +5,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT
-from tests.helpers import ACCOUNT, NUMBER, dead, events, run_burst, send
+from tests.helpers import ACCOUNT, NUMBER, dead, events, run_burst, run_rota, send
 from tests.redis_server import RedisServer
 from worker import admin, cli, keys
 from worker.settings import Settings
@@ -22,20 +20,6 @@ CUSTOMER = "447700900123"
 UNREACHABLE = "redis://127.0.0.1:1/0"
 
 Rota = Callable[..., subprocess.CompletedProcess[str]]
-
-
-def run_rota(url: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    """``rota ARGS`` with only ROTA_REDIS_URL (and ``env``) set among the ROTA_ variables."""
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("ROTA_")}
-    environ.update({"ROTA_REDIS_URL": url, "ROTA_LOG_LEVEL": "warning", **env})
-    return subprocess.run(
-        [sys.executable, "-m", "worker", *args],
-        cwd=ROOT,
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 @pytest.fixture

@@ -5,10 +5,7 @@ killed-worker tests run on the cluster too: see ON_SINGLE_AND_CLUSTER.)"""
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from typing import Any
@@ -19,7 +16,7 @@ from redis.cluster import RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import ResponseError
 
-from tests.conftest import ON_SINGLE_AND_CLUSTER, ROOT, Target, make_settings, spawn_worker
+from tests.conftest import ON_SINGLE_AND_CLUSTER, Target, make_settings, spawn_worker
 from tests.helpers import (
     ACCOUNT,
     NUMBER,
@@ -29,6 +26,7 @@ from tests.helpers import (
     given_number,
     given_presence,
     run_burst,
+    run_rota,
     send,
 )
 from tests.redis_cluster import RedisClusterServers, SlotMover, owner
@@ -42,19 +40,6 @@ ON_CLUSTER = pytest.mark.parametrize("backend", ["cluster"], indirect=True)  # r
 
 USERS = ["A", "B", "C"]
 ACCOUNTS = [f"tenant{i:02d}" for i in range(30)]
-
-
-def rota(url: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("ROTA_")}
-    environ.update({"ROTA_REDIS_URL": url, "ROTA_LOG_LEVEL": "warning", **env})
-    return subprocess.run(
-        [sys.executable, "-m", "worker", *args],
-        cwd=ROOT,
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def given_accounts(rd: Any, accounts: list[str]) -> None:
@@ -105,11 +90,11 @@ def test_rota_partition_prints_the_accounts_stream_and_send_uses_it(
     rd: Any, settings: Settings
 ) -> None:
     url = connection.url(settings)
-    assert rota(url, "partition", "acme").stdout == "rota:inbound\n"
-    shown = rota(url, "partition", "acme", ROTA_INBOUND_PARTITIONS="8")
+    assert run_rota(url, "partition", "acme").stdout == "rota:inbound\n"
+    shown = run_rota(url, "partition", "acme", ROTA_INBOUND_PARTITIONS="8")
     assert (shown.returncode, shown.stdout, shown.stderr) == (0, "rota:inbound:6\n", "")
 
-    sent = rota(
+    sent = run_rota(
         url, "send", "--account", "acme", NUMBER, "447700900001", ROTA_INBOUND_PARTITIONS="8"
     )
 
@@ -265,12 +250,12 @@ def test_cli_commands_work_on_a_cluster(rd: Any, redis_cluster: RedisClusterServ
         ("presence", "set", ACCOUNT, "bob", "Available"),
         ("owner", "set", ACCOUNT, NUMBER, "447700900009", "carol"),
     ]:
-        result = rota(url, *args)
+        result = run_rota(url, *args)
         assert (result.returncode, result.stderr) == (0, ""), args
 
-    sent = rota(url, "send", "--account", ACCOUNT, NUMBER, "447700900001", "--message-id", "m1")
-    burst = rota(url, "worker", "--burst")
-    shown = rota(url, "number", "show", ACCOUNT, NUMBER)
+    sent = run_rota(url, "send", "--account", ACCOUNT, NUMBER, "447700900001", "--message-id", "m1")
+    burst = run_rota(url, "worker", "--burst")
+    shown = run_rota(url, "number", "show", ACCOUNT, NUMBER)
 
     assert (sent.returncode, burst.returncode, shown.returncode) == (0, 0, 0), burst.stderr
     assert [(e["user"], e["reason"]) for e in events(rd, make_settings(url))] == [
@@ -279,10 +264,12 @@ def test_cli_commands_work_on_a_cluster(rd: Any, redis_cluster: RedisClusterServ
     assert '"cursor": 3' in shown.stdout and '"known_customers": 2' in shown.stdout
 
     # A message for a number without settings is dead-lettered, listed, replayed
-    assert rota(url, "send", "--account", ACCOUNT, "15559999999", "447700900002").returncode == 0
-    assert rota(url, "worker", "--burst").returncode == 0
-    listed = rota(url, "dead", "list")
-    replayed = rota(url, "dead", "replay")
+    assert (
+        run_rota(url, "send", "--account", ACCOUNT, "15559999999", "447700900002").returncode == 0
+    )
+    assert run_rota(url, "worker", "--burst").returncode == 0
+    listed = run_rota(url, "dead", "list")
+    replayed = run_rota(url, "dead", "replay")
 
     assert '"error": "unknown_number"' in listed.stdout, listed.stderr
     assert replayed.stdout == "replayed 1 dead letters onto rota:inbound\n", replayed.stderr
@@ -293,7 +280,7 @@ def test_cli_commands_work_on_a_cluster(rd: Any, redis_cluster: RedisClusterServ
 def test_demo_runs_end_to_end_on_a_cluster(rd: Any, redis_cluster: RedisClusterServers) -> None:
     rd.set("rota:{demo}:leftover", "from an earlier run")  # reset scans every master
 
-    result = rota(redis_cluster.url, "demo")
+    result = run_rota(redis_cluster.url, "demo")
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "EXPECTED" not in result.stdout

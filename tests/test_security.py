@@ -15,10 +15,10 @@ import pytest
 import redis
 
 from tests.conftest import ROOT, make_settings, spawn_worker, worker_env
-from tests.helpers import given_number, given_presence, run_burst, send
+from tests.helpers import given_number, given_presence, run_burst, run_rota, send
 from tests.ops import rota
 from tests.redis_server import RedisServer, binary, free_port
-from worker import connection
+from worker import admin, connection
 from worker.webhook import Webhooks
 
 PASSWORD = "pw-for-the-acl-test"
@@ -113,6 +113,24 @@ def test_the_acl_user_is_refused_everything_else(acl_server: RedisServer, acl_ur
     with redis.Redis.from_url(anonymous) as client, pytest.raises(redis.AuthenticationError):
         client.ping()
     assert len(acl_denials(acl_server)) >= 4  # and the server logged each refusal
+
+
+def test_worker_refused_by_acl_exits_1_with_one_line_instead_of_retrying(
+    acl_server: RedisServer, acl_url: str
+) -> None:
+    owner_url = f"redis://owner:owner@127.0.0.1:{acl_server.port}/0"
+    with redis.Redis.from_url(owner_url, decode_responses=True) as owner:
+        owner.execute_command("ACL", "SETUSER", "rota", "-evalsha")  # a misconfigured ACL
+        admin.set_number(owner, "acme", "15550001000", members=["alice"], online_only=False)
+        message = {"account": "acme", "number": "15550001000", "from": "447700900001"}
+        owner.xadd("rota:inbound", message)
+
+    result = run_rota(acl_url, "worker", "--burst")
+
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines() == [
+        "rota: error: this user has no permissions to run the 'evalsha' command"
+    ]
 
 
 def make_certificates(folder: Path) -> dict[str, Path]:

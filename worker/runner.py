@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from redis.exceptions import ConnectionError, ResponseError, TimeoutError
+from redis.exceptions import ConnectionError, NoPermissionError, ResponseError, TimeoutError
 
 from worker import chats, stream, wire
 from worker.assign import Assigner, Decision
@@ -127,7 +127,7 @@ class Runner:
             except (ConnectionError, TimeoutError) as error:
                 self.log.warning("redis unreachable, retrying", error=str(error), retry_in_s=delay)
             except ResponseError as error:
-                if str(error).startswith(FATAL_REFUSALS):
+                if isinstance(error, NoPermissionError) or str(error).startswith(FATAL_REFUSALS):
                     raise  # credentials or ACL: retrying cannot help, the operator must act
                 if "NOGROUP" in str(error):
                     self.log.warning("stream or group missing, recreating", error=str(error))
@@ -234,6 +234,8 @@ class Runner:
                     self._log_decision(message, outcome)
             elif isinstance(outcome, Rejection):
                 dead.append(dead_letter(entry, outcome.error, outcome.detail))
+            elif isinstance(outcome, NoPermissionError):
+                raise outcome  # the ACL, not the message: every message would fail alike
             elif is_passing_cluster_error(outcome):
                 # Not run (a slot mid-migration): left pending, tried again, never poison.
                 self.log.warning(
