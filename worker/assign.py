@@ -50,29 +50,37 @@ class Assigner:
     def __init__(self, scripts: Scripts, dedup_window_s: int) -> None:
         self._script = scripts.assign
         self._window_ms = dedup_window_s * 1000
-        self._keys: dict[tuple[str, str], tuple[str, ...]] = {}
         self._groups: dict[tuple[str, str], tuple[str, ...]] = {}
+        # Per number: the time bucket, every KEYS, and the ARGV after the per-message ones.
+        self._calls: dict[tuple[str, str], tuple[int, tuple[str, ...], tuple[Any, ...]]] = {}
 
-    def call(self, message: Message, now_ms: int) -> tuple[list[str], list[Any]]:
+    def call(self, message: Message, now_ms: int) -> tuple[tuple[str, ...], tuple[Any, ...]]:
         """KEYS and ARGV of assign.lua for one message (also what the benchmark replays)."""
         number = (message.account, message.number)
-        number_keys_ = self._keys.get(number) or self._keys.setdefault(number, number_keys(*number))
-        groups = self._groups.get(number, ())
         bucket = now_ms // self._window_ms
-        script_keys = [
-            *number_keys_,
-            keys.dedup(message.account, bucket),
-            keys.dedup(message.account, bucket - 1),
-            *(keys.group(message.account, name) for name in groups),
-        ]
-        args = [
+        cached = self._calls.get(number)
+        if cached is None or cached[0] != bucket:
+            cached = self._calls[number] = self._number_call(number, bucket)
+        _, script_keys, tail = cached
+        return script_keys, (
             message.customer,
             f"{message.number}:{message.message_id}",
             now_ms,
-            (bucket + 2) * self._window_ms,
-            *groups,
-        ]
-        return script_keys, args
+            *tail,
+        )
+
+    def _number_call(
+        self, number: tuple[str, str], bucket: int
+    ) -> tuple[int, tuple[str, ...], tuple[Any, ...]]:
+        account = number[0]
+        groups = self._groups.get(number, ())
+        script_keys = (
+            *number_keys(*number),
+            keys.dedup(account, bucket),
+            keys.dedup(account, bucket - 1),
+            *(keys.group(account, name) for name in groups),
+        )
+        return bucket, script_keys, ((bucket + 2) * self._window_ms, *groups)
 
     def _command(self, message: Message, now_ms: int) -> wire.Command:
         script_keys, args = self.call(message, now_ms)
@@ -107,10 +115,12 @@ class Assigner:
             return reply
         head = reply[0]
         if head == b"!groups":
-            self._groups[(message.account, message.number)] = tuple(g.decode() for g in reply[1:])
+            number = (message.account, message.number)
+            self._groups[number] = tuple(g.decode() for g in reply[1:])
+            self._calls.pop(number, None)
             return None
         if head == b"!unknown_number":
-            self._keys.pop((message.account, message.number), None)
+            self._calls.pop((message.account, message.number), None)
             detail = f"no settings for account {message.account} number {message.number}"
             return Rejection("unknown_number", detail)
         return Decision(head.decode(), reply[1].decode(), int(reply[2]))

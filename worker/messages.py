@@ -27,11 +27,12 @@ class Rejection:
 
 
 Fields = dict[bytes, bytes]
+_FIELD_KEYS = {name: name.encode() for name in ("account", "number", "from", "message_id")}
 
 
 def _text(fields: Fields, name: str) -> str | None:
-    raw = fields.get(name.encode())
-    if raw is None or raw == b"":
+    raw = fields.get(_FIELD_KEYS[name])
+    if not raw:
         return None
     try:
         return raw.decode()
@@ -58,7 +59,7 @@ def _parse(inbound_id: str, fields: Fields) -> Message | Rejection:
 
 def parse(inbound_id: str, fields: Fields, max_bytes: int) -> Message | Rejection:
     """A message without ``message_id`` is identified by its inbound entry id."""
-    size = sum(len(name) + len(value) for name, value in fields.items())
+    size = sum(map(len, fields)) + sum(map(len, fields.values()))
     if size > max_bytes:
         return Rejection("too_large", f"{size} bytes, limit {max_bytes}")
     try:

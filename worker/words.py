@@ -27,6 +27,8 @@ def account(text: str) -> str:
 
 
 def phone(text: str, what: str = "number") -> str:
+    if 6 <= len(text) <= 15 and text.isascii() and text.isdigit():
+        return text  # already clean: the usual case, without the translate and the regex
     digits = text.translate(_PHONE_NOISE)
     if not _DIGITS.fullmatch(digits):
         raise InvalidWord(
