@@ -59,6 +59,17 @@ def acl_denials(server: RedisServer) -> list[str]:
     return [str(name) for name in found if name != "client|setinfo"]
 
 
+def send_webhooks_once(url: str, hooks: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
+    """``rota webhooks --burst`` with one try per delivery."""
+    return subprocess.run(
+        [sys.executable, "-m", "worker", "webhooks", "--burst"],
+        env=worker_env(url, webhook_retries="0", **hooks),
+        cwd=ROOT,
+        capture_output=True,
+        timeout=60,
+    )
+
+
 def test_everything_runs_as_the_documented_acl_user_with_default_off(
     acl_server: RedisServer,
     acl_url: str,
@@ -87,13 +98,7 @@ def test_everything_runs_as_the_documented_acl_user_with_default_off(
     worker = spawn_worker(acl_url, "--burst", **hooks)
     _, errors = worker.communicate(timeout=60)
     assert worker.returncode == 0, errors
-    sender = subprocess.run(
-        [sys.executable, "-m", "worker", "webhooks", "--burst"],
-        env=worker_env(acl_url, webhook_retries="0", **hooks),
-        cwd=ROOT,
-        capture_output=True,
-        timeout=60,
-    )
+    sender = send_webhooks_once(acl_url, hooks)
     assert sender.returncode == 0, sender.stderr
     # Then decisions, inspection and dead-letter commands all worked as that user
     assert '"eligible_now"' in cli("number", "show", "acme", "15550001000")
@@ -201,13 +206,7 @@ def test_worker_and_commands_work_over_rediss(
     send(client, settings, "447700900001")
     # When a worker decides over TLS, and the webhook sender tries its delivery
     assert run_burst(connection.connect(settings), settings) == 0
-    sender = subprocess.run(
-        [sys.executable, "-m", "worker", "webhooks", "--burst"],
-        env=worker_env(tls_url, webhook_retries="0", **hooks),
-        cwd=ROOT,
-        capture_output=True,
-        timeout=60,
-    )
+    sender = send_webhooks_once(tls_url, hooks)
     # Then the decision is there, rq worked over TLS, and the commands read it over TLS too
     assert sender.returncode == 0, sender.stderr
     assert Webhooks(connection.connect(settings), settings).counts()["failed"] == 1
