@@ -57,6 +57,16 @@ def test_a_repeated_message_is_not_counted_again(rd: Any, rb: Any, settings: Set
     assert chats.today(rd, "acme", time.time_ns() // 1_000_000) == {"A": 1}
 
 
+def test_a_message_repeated_within_one_batch_is_counted_once(
+    rd: Any, rb: Any, settings: Settings
+) -> None:
+    given_number(rd, ["A"])
+    given_presence(rd, A="available")
+    # Both copies are read in one batch: the second repeats the first decision, same `at`
+    decide(rd, rb, settings, "447700900001", "447700900001", message_id="wamid.1")
+    assert chats.today(rd, "acme", time.time_ns() // 1_000_000) == {"A": 1}
+
+
 def test_the_day_counter_expires_after_a_week(rd: Any, rb: Any, settings: Settings) -> None:
     given_number(rd, ["A"])
     given_presence(rd, A="available")

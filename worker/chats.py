@@ -26,11 +26,13 @@ def day(at_ms: int) -> str:
 
 def count(events: Sequence[dict[str, Any]], now_ms: int) -> list[wire.Command]:
     """The commands that add the batch's new chats, sent with the publish round trip."""
-    tally = Counter(
-        (event["account"], event["user"])
+    # A message repeated within the batch repeats its decision with the same `at`: once.
+    new_chats = {
+        (event["account"], event["number"], event["message_id"]): event["user"]
         for event in events
         if event["at"] == now_ms and event["reason"] in NEW_CHAT_REASONS
-    )
+    }
+    tally = Counter((account, user) for (account, _, _), user in new_chats.items())
     if not tally:
         return []
     today = day(now_ms)
