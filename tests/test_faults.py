@@ -32,7 +32,7 @@ from tests.helpers import (
     the_decisions,
     wait_until,
 )
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisServer, free_port
 from worker import keys
 from worker import runner as runner_module
 from worker.log import logger
@@ -194,6 +194,23 @@ def test_stop_gives_up_on_unreachable_redis_when_the_budget_is_spent(
     assert code == 1
     assert "shutdown budget spent" in stderr
     assert budget_s <= stopped_after < 30
+
+
+def test_worker_that_never_reached_redis_exits_1_when_the_budget_is_spent(
+    workers: Callable[..., subprocess.Popen[bytes]],
+) -> None:
+    # Given a worker whose Redis never answered (nothing listens on the port), then SIGTERM
+    worker = workers(f"redis://127.0.0.1:{free_port()}/0", shutdown_budget_s="1")
+    time.sleep(1.0)
+    worker.send_signal(signal.SIGTERM)
+
+    # When it gives up
+    code, stderr = finish(worker, timeout=60)
+
+    # Then it says so with exit 1, like a worker that lost Redis later: it held nothing, but
+    # its stop was not clean
+    assert code == 1
+    assert "shutdown budget spent" in stderr
 
 
 # --- Privacy -------------------------------------------------------------------------------

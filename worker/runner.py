@@ -105,7 +105,8 @@ class Runner:
     def run(self, burst: bool = False) -> int:
         """0 after a clean stop (or a drained burst); 1 when the shutdown budget ran out."""
         self.log.info("worker started", burst=burst, stream=self.settings.inbound_stream)
-        self._with_retry(self._prepare)
+        if self._with_retry(self._prepare) is None:
+            return 1  # stopped before Redis ever answered, and the budget ran out
         block = None if burst else self.settings.block_ms
         while self.stop_requested_at is None:
             drained = self._with_retry(lambda: self._step(burst, block))
@@ -113,8 +114,10 @@ class Runner:
                 return 1
             if burst and drained:
                 break
-        self._with_retry(self._leave)
+        left = self._with_retry(self._leave)
         self.link.close()
+        if left is None:
+            return 1  # what it held stays pending: another worker claims it
         self.log.info("worker stopped")
         return 0
 
@@ -154,7 +157,7 @@ class Runner:
         with contextlib.suppress(ConnectionError, TimeoutError, ResponseError):
             stream.ensure_group(self.client, self.settings)  # else the retry loop tries again
 
-    def _prepare(self) -> None:
+    def _prepare(self) -> bool:
         stream.ensure_group(self.client, self.settings)
         self._prune_consumers()
         # Listed in XINFO CONSUMERS from now on, not from its first entry (`rota demo` waits
@@ -162,6 +165,7 @@ class Runner:
         self.client.xgroup_createconsumer(
             self.settings.inbound_stream, self.settings.group, self.consumer
         )
+        return True  # _with_retry's None means the shutdown budget ran out
 
     def _prune_consumers(self) -> None:
         """Consumers that hold nothing and have not been seen for an hour are gone for good."""
@@ -170,11 +174,12 @@ class Runner:
             if int(info["pending"]) == 0 and int(info["idle"]) > STALE_CONSUMER_IDLE_MS:
                 self.client.xgroup_delconsumer(name, group, info["name"])
 
-    def _leave(self) -> None:
+    def _leave(self) -> bool:
         self._flush_acks()
         name, group = self.settings.inbound_stream, self.settings.group
         if not self.client.xpending_range(name, group, "-", "+", 1, consumername=self.consumer):
             self.client.xgroup_delconsumer(name, group, self.consumer)
+        return True
 
     def _step(self, burst: bool, block: int | None) -> bool:
         """One batch, reading new entries blocking at most ``block`` ms (None: not at all);
