@@ -53,6 +53,8 @@ class Assigner:
         self._groups: dict[tuple[str, str], tuple[str, ...]] = {}
         # Per number: the time bucket, every KEYS, and the ARGV after the per-message ones.
         self._calls: dict[tuple[str, str], tuple[int, tuple[str, ...], tuple[Any, ...]]] = {}
+        # Per number: (bucket, sha) and the packed EVALSHA around the per-message arguments.
+        self._packs: dict[tuple[str, str], tuple[tuple[int, str], bytes, bytes]] = {}
 
     def call(self, message: Message, now_ms: int) -> tuple[tuple[str, ...], tuple[Any, ...]]:
         """KEYS and ARGV of assign.lua for one message (also what the benchmark replays)."""
@@ -82,15 +84,38 @@ class Assigner:
         )
         return bucket, script_keys, ((bucket + 2) * self._window_ms, *groups)
 
-    def _command(self, message: Message, now_ms: int) -> wire.Command:
-        script_keys, args = self.call(message, now_ms)
-        return ("EVALSHA", self._script.sha, len(script_keys), *script_keys, *args)
+    def _packed(self, message: Message, now_ms: int) -> wire.Packed:
+        """The EVALSHA of call(), in the Redis protocol: the number's KEYS and trailing ARGV
+        are packed once per number, sha and time bucket; only the message's own three
+        arguments are packed per message."""
+        number = (message.account, message.number)
+        bucket = now_ms // self._window_ms
+        cached = self._packs.get(number)
+        if cached is None or cached[0] != (bucket, self._script.sha):
+            script_keys, args = self.call(message, now_ms)
+            tail = args[3:]
+            head = wire.packed_head(
+                3 + len(script_keys) + 3 + len(tail), "EVALSHA", self._script.sha,
+                len(script_keys), *script_keys,
+            )  # fmt: skip
+            packed_tail = b"".join(wire.bulk(str(part).encode()) for part in tail)
+            cached = self._packs[number] = ((bucket, self._script.sha), head, packed_tail)
+        _, head, packed_tail = cached
+        return b"".join(
+            (
+                head,
+                wire.bulk(message.customer.encode()),
+                wire.bulk(f"{message.number}:{message.message_id}".encode()),
+                wire.bulk(b"%d" % now_ms),
+                packed_tail,
+            )
+        )
 
     def _round_trip(
         self, client: Any, messages: Sequence[Message], now_ms: int, route: Any
     ) -> list[Any]:
         if route is None:
-            return wire.execute(client, [self._command(m, now_ms) for m in messages])
+            return wire.execute(client, [self._packed(m, now_ms) for m in messages])
         pipe = client.pipeline(transaction=False)
         for message in messages:
             self._queue_routed(pipe, message, now_ms, route)
@@ -118,9 +143,11 @@ class Assigner:
             number = (message.account, message.number)
             self._groups[number] = tuple(g.decode() for g in reply[1:])
             self._calls.pop(number, None)
+            self._packs.pop(number, None)
             return None
         if head == b"!unknown_number":
             self._calls.pop((message.account, message.number), None)
+            self._packs.pop((message.account, message.number), None)
             detail = f"no settings for account {message.account} number {message.number}"
             return Rejection("unknown_number", detail)
         return Decision(head.decode(), reply[1].decode(), int(reply[2]))
