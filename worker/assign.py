@@ -44,6 +44,21 @@ def number_keys(account: str, number: str) -> tuple[str, ...]:
     )
 
 
+PER_MESSAGE_ARGS = 3  # customer, NUMBER:MESSAGE_ID, now: ARGV[1..3]
+
+
+@dataclass(frozen=True, slots=True)
+class _NumberCall:
+    """One number's part of every assign.lua call, plain and packed for the wire."""
+
+    bucket: int  # the de-duplication time bucket the keys name
+    sha: str  # the script's sha the packed head names
+    keys: tuple[str, ...]  # every KEYS
+    tail: tuple[Any, ...]  # ARGV after the per-message ones
+    head: bytes  # the packed command up to the per-message ARGV
+    packed_tail: bytes
+
+
 class Assigner:
     """Decides batches of messages; remembers which groups each number names."""
 
@@ -51,63 +66,51 @@ class Assigner:
         self._script = scripts.assign
         self._window_ms = dedup_window_s * 1000
         self._groups: dict[tuple[str, str], tuple[str, ...]] = {}
-        # Per number: the time bucket, every KEYS, and the ARGV after the per-message ones.
-        self._calls: dict[tuple[str, str], tuple[int, tuple[str, ...], tuple[Any, ...]]] = {}
-        # Per number: (bucket, sha) and the packed EVALSHA around the per-message arguments.
-        self._packs: dict[tuple[str, str], tuple[tuple[int, str], bytes, bytes]] = {}
+        self._calls: dict[tuple[str, str], _NumberCall] = {}
 
-    def call(self, message: Message, now_ms: int) -> tuple[tuple[str, ...], tuple[Any, ...]]:
-        """KEYS and ARGV of assign.lua for one message (also what the benchmark replays)."""
+    def _number_call(self, message: Message, now_ms: int) -> _NumberCall:
+        """What every call for this message's number shares, built again when the time bucket
+        or the script's sha changes, or a reply drops it (other groups, unknown number)."""
         number = (message.account, message.number)
-        bucket = now_ms // self._window_ms
+        bucket, sha = now_ms // self._window_ms, self._script.sha
         cached = self._calls.get(number)
-        if cached is None or cached[0] != bucket:
-            cached = self._calls[number] = self._number_call(number, bucket)
-        _, script_keys, tail = cached
-        return script_keys, (
-            message.customer,
-            f"{message.number}:{message.message_id}",
-            now_ms,
-            *tail,
-        )
-
-    def _number_call(
-        self, number: tuple[str, str], bucket: int
-    ) -> tuple[int, tuple[str, ...], tuple[Any, ...]]:
-        account = number[0]
-        groups = self._groups.get(number, ())
+        if cached is not None and cached.bucket == bucket and cached.sha == sha:
+            return cached
+        account, groups = message.account, self._groups.get(number, ())
         script_keys = (
             *number_keys(*number),
             keys.dedup(account, bucket),
             keys.dedup(account, bucket - 1),
             *(keys.group(account, name) for name in groups),
         )
-        return bucket, script_keys, ((bucket + 2) * self._window_ms, *groups)
+        tail = ((bucket + 2) * self._window_ms, *groups)
+        head = wire.packed_head(
+            3 + len(script_keys) + PER_MESSAGE_ARGS + len(tail), "EVALSHA", sha,
+            len(script_keys), *script_keys,
+        )  # fmt: skip
+        packed_tail = b"".join(wire.bulk(str(part).encode()) for part in tail)
+        built = _NumberCall(bucket, sha, script_keys, tail, head, packed_tail)
+        self._calls[number] = built
+        return built
+
+    def call(self, message: Message, now_ms: int) -> tuple[tuple[str, ...], tuple[Any, ...]]:
+        """KEYS and ARGV of assign.lua for one message (also what the benchmark replays)."""
+        shared = self._number_call(message, now_ms)
+        field = f"{message.number}:{message.message_id}"
+        return shared.keys, (message.customer, field, now_ms, *shared.tail)
 
     def _packed(self, message: Message, now_ms: int) -> wire.Packed:
-        """The EVALSHA of call(), in the Redis protocol: the number's KEYS and trailing ARGV
-        are packed once per number, sha and time bucket; only the message's own three
-        arguments are packed per message."""
-        number = (message.account, message.number)
-        bucket = now_ms // self._window_ms
-        cached = self._packs.get(number)
-        if cached is None or cached[0] != (bucket, self._script.sha):
-            script_keys, args = self.call(message, now_ms)
-            tail = args[3:]
-            head = wire.packed_head(
-                3 + len(script_keys) + 3 + len(tail), "EVALSHA", self._script.sha,
-                len(script_keys), *script_keys,
-            )  # fmt: skip
-            packed_tail = b"".join(wire.bulk(str(part).encode()) for part in tail)
-            cached = self._packs[number] = ((bucket, self._script.sha), head, packed_tail)
-        _, head, packed_tail = cached
+        """The EVALSHA of call(), in the Redis protocol: only the message's own arguments are
+        packed per message, around the number's packed KEYS and trailing ARGV."""
+        shared = self._number_call(message, now_ms)
+        field = f"{message.number}:{message.message_id}"
         return b"".join(
             (
-                head,
+                shared.head,
                 wire.bulk(message.customer.encode()),
-                wire.bulk(f"{message.number}:{message.message_id}".encode()),
+                wire.bulk(field.encode()),
                 wire.bulk(b"%d" % now_ms),
-                packed_tail,
+                shared.packed_tail,
             )
         )
 
@@ -143,11 +146,9 @@ class Assigner:
             number = (message.account, message.number)
             self._groups[number] = tuple(g.decode() for g in reply[1:])
             self._calls.pop(number, None)
-            self._packs.pop(number, None)
             return None
         if head == b"!unknown_number":
             self._calls.pop((message.account, message.number), None)
-            self._packs.pop((message.account, message.number), None)
             detail = f"no settings for account {message.account} number {message.number}"
             return Rejection("unknown_number", detail)
         return Decision(head.decode(), reply[1].decode(), int(reply[2]))
