@@ -276,6 +276,77 @@ def test_cli_commands_work_on_a_cluster(rd: Any, redis_cluster: RedisClusterServ
     assert rd.xlen("rota:dead") == 0
 
 
+def accounts_on_masters(cluster: RedisClusterServers, masters: int) -> list[str]:
+    """One account name per master (of the first ``masters``), each in a slot of its own."""
+    found: dict[int, str] = {}
+    for i in range(1_000):
+        name = f"org{i}"
+        found.setdefault(owner(cluster, key_slot(f"{{{name}}}".encode())).port, name)
+        if len(found) == masters:
+            return list(found.values())
+    raise LookupError("no accounts found on every master")
+
+
+def accounts_file(accounts: list[str]) -> str:
+    return "".join(
+        f'[accounts.{a}]\nadmin = "boss"\n\n[accounts.{a}.groups]\nsales = ["{a}.1", "{a}.2"]\n\n'
+        f'[accounts.{a}.numbers.{NUMBER}]\nmembers = ["group:sales"]\naccess = []\n'
+        "assign_unknown = true\nonline_only = true\n\n"
+        for a in sorted(accounts)
+    )
+
+
+@ON_CLUSTER
+def test_apply_writes_accounts_on_every_master_each_in_one_transaction(
+    rd: Any, redis_cluster: RedisClusterServers, tmp_path: Any
+) -> None:
+    # Given accounts on all three masters, one with a group the file leaves out
+    accounts = accounts_on_masters(redis_cluster, 3)
+    admin.set_group(rd, accounts[0], "stale", ["x"])
+    path = tmp_path / "rota.toml"
+    path.write_text(accounts_file(accounts))
+    # When the file is applied, pruning
+    applied = run_rota(redis_cluster.url, "apply", "--prune", str(path))
+    # Then each account is written, its version moved once per transaction, and the export
+    # prints the file back
+    assert (applied.returncode, applied.stderr) == (0, ""), applied.stderr
+    assert not rd.exists(keys.group(accounts[0], "stale"))
+    assert [rd.get(keys.version(a)) for a in accounts] == ["2", "1", "1"]
+    exported = run_rota(redis_cluster.url, "export")
+    assert exported.stdout.split("\n", 2)[2] == accounts_file(accounts)[:-1], exported.stderr
+
+
+@ON_CLUSTER
+def test_apply_refused_by_one_master_midway_says_which_accounts_were_written(
+    rd: Any, redis_cluster: RedisClusterServers, tmp_path: Any
+) -> None:
+    # Given three accounts on three masters, the second's master out of memory (it refuses
+    # every write it is sent, inside MULTI too, so its EXEC aborts)
+    first, second, third = accounts_on_masters(redis_cluster, 3)
+    path = tmp_path / "rota.toml"
+    path.write_text(
+        "".join(
+            f'[accounts.{a}.numbers.{NUMBER}]\nmembers = ["A"]\n' for a in [first, second, third]
+        )
+    )
+    full = owner(redis_cluster, key_slot(f"{{{second}}}".encode()))
+    with full.client() as client:
+        client.config_set("maxmemory", 1)
+        try:
+            # When the file is applied
+            result = run_rota(redis_cluster.url, "apply", str(path))
+        finally:
+            client.config_set("maxmemory", 0)
+    # Then the first account is written and the others not, and one line says so
+    assert result.returncode == 1, result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"rota: error: apply stopped at account {second} ("), line
+    assert line.endswith(f"written: {first}; not written: {second}, {third}"), line
+    assert "maxmemory" in line
+    assert rd.lrange(keys.members(first, NUMBER), 0, -1) == ["A"]
+    assert [rd.exists(keys.number(a, NUMBER)) for a in [second, third]] == [0, 0]
+
+
 @ON_CLUSTER
 def test_demo_runs_end_to_end_on_a_cluster(rd: Any, redis_cluster: RedisClusterServers) -> None:
     rd.set("rota:{demo}:leftover", "from an earlier run")  # reset scans every master

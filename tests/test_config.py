@@ -1,16 +1,21 @@
-"""Configuration as code: ``rota apply FILE`` and ``rota export``."""
+"""The configuration: ``rota apply FILE``, ``rota export``, and ``number set`` beside them
+(one writer for both)."""
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.helpers import decide, given_presence
+from tests.conftest import ON_SINGLE_AND_CLUSTER, Target
+from tests.helpers import ACCOUNT, NUMBER, decide, given_presence
 from tests.ops import rota
 from tests.redis_server import RedisServer
-from worker import admin, keys
+from worker import admin, config_redis, keys
+from worker.config import NumberConfig
 from worker.settings import Settings
 from worker.tomlpos import key_lines
 
@@ -215,3 +220,156 @@ def test_key_lines_name_each_element_of_a_multiline_array() -> None:
     assert lines[("a", "b.c", "list", 0)] == 3
     assert lines[("a", "b.c", "list", 1)] == 4
     assert lines[("a", "b.c", "flag")] == 6
+
+
+# --- One writer: number set merges, apply replaces, both atomic, one version rule ----------
+
+
+@ON_SINGLE_AND_CLUSTER
+def test_concurrent_number_sets_of_different_fields_lose_none(rd: Any) -> None:
+    # Given five writers, each changing its own field of one number, all at once, round after
+    # round (each round gives every field a value it did not have)
+    def changes(round_: int) -> list[dict[str, Any]]:
+        on, user = round_ % 2 == 1, f"user{round_}"
+        return [
+            {"assign_unknown": on},
+            {"online_only": on},
+            {"admin": user},
+            {"members": [user]},
+            {"access": [user]},
+        ]
+
+    barrier = threading.Barrier(5)
+
+    def write(change: dict[str, Any]) -> None:
+        barrier.wait()
+        admin.set_number(rd, ACCOUNT, NUMBER, **change)
+
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        for round_ in range(200):
+            # When they run
+            list(pool.map(write, changes(round_)))
+            # Then every change is there: none overwrote another's
+            on, user = str(round_ % 2), f"user{round_}"
+            assert rd.hgetall(keys.number(ACCOUNT, NUMBER)) == {
+                "assign_unknown": on,
+                "online_only": on,
+                "admin": user,
+            }, f"round {round_}: a change was lost"
+            assert rd.lrange(keys.members(ACCOUNT, NUMBER), 0, -1) == [user]
+            assert rd.smembers(keys.access(ACCOUNT, NUMBER)) == {user}
+
+
+def test_version_moves_once_per_write_of_members_access_or_groups_on_every_path(
+    cli: Any, rd: Any, tmp_path: Path
+) -> None:
+    def version() -> int:
+        return int(rd.get(keys.version("acme")) or 0)
+
+    def applied(text: str, *flags: str) -> None:
+        assert cli("apply", *flags, str(write(tmp_path, text))).code == 0
+
+    steps: list[tuple[str, Any, int]] = [
+        (
+            "number set of flags and admin",
+            lambda: admin.set_number(rd, "acme", "15550001000", online_only=False, admin="boss"),
+            0,
+        ),
+        (
+            "number set of members and access",
+            lambda: admin.set_number(rd, "acme", "15550001000", members=["A"], access=["A"]),
+            1,
+        ),
+        ("group set", lambda: admin.set_group(rd, "acme", "old", ["B"]), 1),
+        ("account set", lambda: admin.set_account(rd, "acme", "boss"), 0),
+        (
+            "apply of an account's admin only",
+            lambda: applied('[accounts.acme]\nadmin = "boss2"\n'),
+            0,
+        ),
+        (
+            "apply of a number",
+            lambda: applied('[accounts.acme.numbers.15550001000]\nmembers = ["A"]\n'),
+            1,
+        ),
+        (
+            "apply --prune removing a group",
+            lambda: applied('[accounts.acme]\nadmin = "boss2"\n', "--prune"),
+            1,
+        ),
+    ]
+    for what, step, moves in steps:
+        before = version()
+        step()
+        assert version() - before == moves, what
+
+
+def test_apply_replaces_what_number_set_merges(cli: Any, rd: Any, tmp_path: Path) -> None:
+    # Given a number with an admin, access and online_only off
+    admin.set_number(
+        rd, "acme", "15550001000", members=["A"], access=["A"], admin="boss", online_only=False
+    )
+    # When number set gives only members, the rest stays
+    admin.set_number(rd, "acme", "15550001000", members=["B", "A"])
+    assert config_redis.read_number(rd, "acme", "15550001000") == NumberConfig(
+        members=["B", "A"], access=["A"], online_only=False, admin="boss"
+    )
+    # and when a file gives only members, the number is what the file says, defaults included
+    applied = cli("apply", str(write(tmp_path, CONFIG_MEMBERS_ONLY)))
+    assert applied.code == 0
+    assert config_redis.read_number(rd, "acme", "15550001000") == NumberConfig(members=["C"])
+    assert rd.hgetall(keys.number("acme", "15550001000")) == {
+        "assign_unknown": "1",
+        "online_only": "1",
+    }
+
+
+CONFIG_MEMBERS_ONLY = '[accounts.acme.numbers.15550001000]\nmembers = ["C"]\n'
+THREE_ACCOUNTS = """\
+[accounts.alpha.numbers.15550001000]
+members = ["A"]
+
+[accounts.beta.numbers.15550001000]
+members = ["B"]
+
+[accounts.gamma.numbers.15550001000]
+members = ["C"]
+"""
+
+
+@ON_SINGLE_AND_CLUSTER
+def test_apply_leaves_an_account_it_cannot_write_untouched_and_says_what_was_written(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    target: Target,
+    rd: Any,
+    tmp_path: Path,
+) -> None:
+    # Given a file of three accounts, and the second one's settings key holding a string
+    rd.set(keys.account_settings("beta"), "not a hash")
+    # When it is applied
+    result = rota(monkeypatch, capsys, target.url, "apply", str(write(tmp_path, THREE_ACCOUNTS)))
+    # Then the first account is written, the second is left exactly as it was, the third is
+    # not tried, and one line says so
+    assert result.code == 1
+    assert result.out == ""
+    [line] = result.err.splitlines()
+    assert line.startswith("rota: error: apply stopped at account beta ("), line
+    assert line.endswith("written: alpha; not written: beta, gamma"), line
+    assert rd.lrange(keys.members("alpha", "15550001000"), 0, -1) == ["A"]
+    assert rd.exists(keys.number("beta", "15550001000"), keys.members("beta", "15550001000")) == 0
+    assert rd.get(keys.version("beta")) is None
+    assert rd.get(keys.account_settings("beta")) == "not a hash"
+    assert rd.exists(keys.number("gamma", "15550001000")) == 0
+
+
+def test_number_set_that_cannot_bump_the_version_writes_nothing(cli: Any, rd: Any) -> None:
+    # Given an account whose version counter someone overwrote with a word
+    rd.set(keys.version(ACCOUNT), "seven")
+    # When number set changes members (which must move the version)
+    result = cli("number", "set", ACCOUNT, NUMBER, "--members", "alice", "--no-online-only")
+    # Then it fails with one line naming the key, and nothing of it was written
+    assert result.code == 1
+    [line] = result.err.splitlines()
+    assert line.startswith(f"rota: error: {keys.version(ACCOUNT)} holds 'seven'"), line
+    assert rd.exists(keys.number(ACCOUNT, NUMBER), keys.members(ACCOUNT, NUMBER)) == 0

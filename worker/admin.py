@@ -1,6 +1,7 @@
 """Account, number, group, presence and owner settings; ``number show``; dead letters.
 
-Inputs arrive validated (worker.words); every write of one command is one MULTI/EXEC.
+Inputs arrive validated (worker.words); configuration is read and written by
+worker.config_redis, each command's writes in one MULTI/EXEC.
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from worker import chats, keys, partitions, rules
+from worker import chats, config_redis, keys, partitions, rules
+from worker.config import NumberConfig
 from worker.keys import group_name
 from worker.settings import Settings
 
@@ -17,17 +19,11 @@ DEAD_LETTER_FIELDS = (b"error", b"detail", b"inbound_id", b"deliveries")
 
 
 def set_account(client: Any, account: str, admin: str) -> None:
-    client.hset(keys.account_settings(account), "admin", admin)
+    config_redis.set_account(client, account, admin)
 
 
 def set_group(client: Any, account: str, group: str, users: Sequence[str]) -> None:
-    key = keys.group(account, group)
-    pipe = client.pipeline(transaction=True)
-    pipe.delete(key)
-    if users:
-        pipe.rpush(key, *users)
-    pipe.incr(keys.version(account))
-    pipe.execute()
+    config_redis.set_group(client, account, group, users)
 
 
 def set_presence(client: Any, account: str, user: str, status: str) -> None:
@@ -48,28 +44,10 @@ def set_number(
     online_only: bool | None = None,
     admin: str | None = None,
 ) -> list[str]:
-    """Changes what is given, keeps the rest; new numbers get assign_unknown and online_only
-    on. Returns warnings: members that access leaves out."""
-    settings_key = keys.number(account, number)
-    fields = {"assign_unknown": 1, "online_only": 1, **client.hgetall(settings_key)}
-    for name, value in (("assign_unknown", assign_unknown), ("online_only", online_only)):
-        if value is not None:
-            fields[name] = int(value)
-    if admin is not None:
-        fields["admin"] = admin
-    pipe = client.pipeline(transaction=True)
-    pipe.hset(settings_key, mapping=fields)
-    for key, entries, write in (
-        (keys.members(account, number), members, pipe.rpush),
-        (keys.access(account, number), access, pipe.sadd),
-    ):
-        if entries is not None:
-            pipe.delete(key)
-            if entries:
-                write(key, *entries)
-    if members is not None or access is not None:
-        pipe.incr(keys.version(account))
-    pipe.execute()
+    """Changes what is given, keeps the rest, atomically (worker.config_redis); new numbers get
+    assign_unknown and online_only on. Returns warnings: members that access leaves out."""
+    change = config_redis.NumberChange(members, access, assign_unknown, online_only, admin)
+    config_redis.set_number(client, account, number, change)
     state = load_number(client, account, number)
     may_use = rules.allowed(state)
     if may_use is None:
@@ -81,18 +59,17 @@ def set_number(
 
 def load_number(client: Any, account: str, number: str) -> rules.NumberState:
     """A snapshot of one number for the rules model (owners left out: they can be millions)."""
-    settings = client.hgetall(keys.number(account, number))
-    members = client.lrange(keys.members(account, number), 0, -1)
-    access = set(client.smembers(keys.access(account, number)))
+    config = config_redis.read_number(client, account, number) or NumberConfig()
+    members, access = config.members, set(config.access)
     names = {n for n in map(group_name, [*members, *access]) if n is not None}
     groups = {name: client.lrange(keys.group(account, name), 0, -1) for name in sorted(names)}
     state = rules.NumberState(
         members=members,
         access=access,
         groups=groups,
-        assign_unknown=settings.get("assign_unknown") != "0",
-        online_only=settings.get("online_only") != "0",
-        admin=settings.get("admin") or client.hget(keys.account_settings(account), "admin") or None,
+        assign_unknown=config.assign_unknown,
+        online_only=config.online_only,
+        admin=config.admin or client.hget(keys.account_settings(account), "admin") or None,
         cursor=int(client.get(keys.cursor(account, number)) or 0),
     )
     users = rules.expand(members, groups)
@@ -104,8 +81,8 @@ def load_number(client: Any, account: str, number: str) -> rules.NumberState:
 
 def show_number(client: Any, account: str, number: str) -> dict[str, Any] | None:
     """What an operator asks first about a number; None when it has no settings."""
-    settings = client.hgetall(keys.number(account, number))
-    if not settings:
+    config = config_redis.read_number(client, account, number)
+    if config is None:
         return None
     state = load_number(client, account, number)
     next_choice = rules.decide(state, customer="")
@@ -116,7 +93,7 @@ def show_number(client: Any, account: str, number: str) -> dict[str, Any] | None
         "settings": {
             "assign_unknown": state.assign_unknown,
             "online_only": state.online_only,
-            "admin": settings.get("admin") or None,
+            "admin": config.admin,
             "effective_admin": state.admin,
         },
         "members": state.members,

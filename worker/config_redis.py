@@ -1,23 +1,122 @@
-"""The configuration (worker.config) read from Redis and written to it, atomically.
+"""The configuration in Redis: the one reader and writer of accounts, groups and numbers.
 
-``apply`` writes a checked configuration in one MULTI/EXEC, so workers see all of it or none
-of it, and bumps each account's version in the same transaction (compiled rotations go
-stale). Each account, group and number in the file is written as the file says; the ones it
-leaves out stay, unless ``prune`` removes an account's other groups and numbers. Cursors,
-owners and presence are state, not configuration: apply never touches them.
+``rota account/group/number set`` (merge: what is given changes, the rest stays) and ``rota
+apply`` (replace: each account, group and number in the file is written as the file says)
+write through the same functions here; ``rota export``, ``number show`` and the rules model
+read through them.
+
+Every write of one account is one MULTI/EXEC (an account's keys share its Cluster slot), so
+workers see all of it or none of it. Redis does not roll a transaction back: it aborts one
+only for what it refuses before EXEC (ACL, out of memory, a read-only replica, a moved
+slot). So lists and sets are replaced whole (DEL, then written), and the keys a transaction
+writes into without replacing them (a settings hash, the version counter) are checked under
+WATCH first; a wrong type there fails the write before anything is written, and a change by
+someone else in between makes it start again.
+
+The version rule, the same on every path: a transaction that writes or deletes a number's
+members or access, or a group's users, increments ``rota:{A}:version`` once (the script
+compiles exactly those); nothing else moves it (admins and flags are read by each decision).
+
+``apply`` writes account after account, in the file's order, and stops at the first that
+fails (``ApplyFailed`` says which were written). Cursors, owners and presence are state, not
+configuration: nothing here writes them.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 from typing import Any
+
+import redis
+from redis.exceptions import RedisClusterException
 
 from worker import keys
 from worker.config import AccountConfig, Config, NumberConfig
 from worker.keys import group_name
 
 SCAN_COUNT = 1000
+FLAGS = ("assign_unknown", "online_only")
+NEW_NUMBER = {"assign_unknown": "1", "online_only": "1"}  # the contract's defaults
+MAX_TRIES = 100  # of one transaction whose watched keys keep changing
+
+
+@dataclass(frozen=True)
+class NumberChange:
+    """What one write sets on a number; a field left None is kept as it is."""
+
+    members: Sequence[str] | None = None
+    access: Sequence[str] | None = None
+    assign_unknown: bool | None = None
+    online_only: bool | None = None
+    admin: str | None = None
+
+    @classmethod
+    def whole(cls, number: NumberConfig) -> NumberChange:
+        return cls(
+            number.members, number.access, number.assign_unknown, number.online_only, number.admin
+        )
+
+    def fields(self) -> dict[str, str]:
+        """The settings hash's fields this change gives."""
+        given = {
+            name: str(int(value)) for name in FLAGS if (value := getattr(self, name)) is not None
+        }
+        if self.admin is not None:
+            given["admin"] = self.admin
+        return given
+
+    @property
+    def compiled(self) -> bool:
+        """Whether it writes what the script compiles (so the version moves)."""
+        return self.members is not None or self.access is not None
+
+
+class ApplyFailed(redis.RedisError):
+    """An account's transaction failed: the ones before it are written, it and the rest not."""
+
+    def __init__(self, written: list[str], not_written: list[str], cause: Exception) -> None:
+        self.written, self.not_written, self.cause = written, not_written, cause
+        reason = (str(cause).splitlines() or [type(cause).__name__])[0]
+        if isinstance(cause, (redis.ConnectionError, redis.TimeoutError)):
+            reason = f"redis unreachable: {reason}"
+        super().__init__(
+            f"apply stopped at account {not_written[0]} ({reason}); "
+            f"written: {', '.join(written) or 'none'}; not written: {', '.join(not_written)}"
+        )
+
+
+# --- Reading --------------------------------------------------------------------------------
+
+
+def read_number(client: Any, account: str, number: str) -> NumberConfig | None:
+    """One number's configuration, read in one MULTI (a consistent snapshot); None when it has
+    no settings. From a decoding client."""
+    pipe = client.pipeline(transaction=True)
+    _queue_read_number(pipe, account, number)
+    settings, members, access = pipe.execute()
+    return _number_from(settings, members, access)
+
+
+def _queue_read_number(pipe: Any, account: str, number: str) -> None:
+    pipe.hgetall(keys.number(account, number))
+    pipe.lrange(keys.members(account, number), 0, -1)
+    pipe.smembers(keys.access(account, number))
+
+
+def _number_from(
+    settings: dict[str, str], members: list[str], access: set[str]
+) -> NumberConfig | None:
+    if not settings:
+        return None
+    return NumberConfig(
+        members=members,
+        access=sorted(access),
+        assign_unknown=settings.get("assign_unknown") != "0",
+        online_only=settings.get("online_only") != "0",
+        admin=settings.get("admin") or None,
+    )
 
 
 def _names(client: Any, accounts: Collection[str] | None) -> dict[str, dict[str, set[str]]]:
@@ -38,34 +137,29 @@ def _names(client: Any, accounts: Collection[str] | None) -> dict[str, dict[str,
 
 
 def load(client: Any, accounts: Collection[str] | None = None) -> Config:
-    """The current configuration (of the given accounts, else of all), from a decoding client.
+    """The current configuration (of the given accounts, else of all), from a decoding client,
+    each account read in one MULTI.
 
     A group that a number names but that has no users is listed empty, so the result always
     passes ``config.parse`` again."""
     config: Config = {}
     for account, kinds in sorted(_names(client, accounts).items()):
-        pipe = client.pipeline(transaction=False)
+        pipe = client.pipeline(transaction=True)
         pipe.hget(keys.account_settings(account), "admin")
         groups, numbers = sorted(kinds["group"]), sorted(kinds["number"])
         for name in groups:
             pipe.lrange(keys.group(account, name), 0, -1)
         for number in numbers:
-            pipe.hgetall(keys.number(account, number))
-            pipe.lrange(keys.members(account, number), 0, -1)
-            pipe.smembers(keys.access(account, number))
+            _queue_read_number(pipe, account, number)
         replies = iter(pipe.execute())
         loaded = AccountConfig(admin=next(replies) or None)
         loaded.groups = {name: next(replies) for name in groups}
         for number in numbers:
-            settings, members, access = next(replies), next(replies), next(replies)
-            loaded.numbers[number] = NumberConfig(
-                members=members,
-                access=sorted(access),
-                assign_unknown=settings.get("assign_unknown") != "0",
-                online_only=settings.get("online_only") != "0",
-                admin=settings.get("admin") or None,
-            )
-            for entry in [*members, *access]:
+            read = _number_from(next(replies), next(replies), next(replies))
+            if read is None:  # removed between the SCAN and the read
+                continue
+            loaded.numbers[number] = read
+            for entry in [*read.members, *read.access]:
                 referenced = group_name(entry)
                 if referenced is not None:
                     loaded.groups.setdefault(referenced, [])
@@ -73,51 +167,157 @@ def load(client: Any, accounts: Collection[str] | None = None) -> Config:
     return config
 
 
+# --- Writing --------------------------------------------------------------------------------
+
+
+def set_account(client: Any, account: str, admin: str | None) -> None:
+    """The account's admin (None: none); its other settings stay."""
+    settings = [keys.account_settings(account)]
+    _transact(
+        client, account, settings, lambda pipe, _: _queue_account(pipe, account, admin), False
+    )
+
+
+def set_group(client: Any, account: str, name: str, users: Sequence[str]) -> None:
+    _transact(client, account, [], lambda pipe, _: _queue_group(pipe, account, name, users), True)
+
+
+def set_number(client: Any, account: str, number: str, change: NumberChange) -> None:
+    """Merges the change into the number; a new number gets the contract's defaults."""
+    settings = keys.number(account, number)
+
+    def queue(pipe: Any, lengths: dict[str, int]) -> None:
+        _queue_number(pipe, account, number, change, new=lengths[settings] == 0)
+
+    _transact(client, account, [settings], queue, change.compiled)
+
+
 def apply(client: Any, config: Config, prune: bool = False) -> None:
-    """Writes the whole configuration in one transaction."""
-    existing = _names(client, list(config)) if prune else {}
-    pipe = client.pipeline(transaction=True)
+    """Writes each account as the configuration says, one transaction each, in order; with
+    ``prune`` also removes the account's groups and numbers it leaves out. Raises ApplyFailed
+    at the first account that fails: the ones before it are written, it and the rest not."""
+    written: list[str] = []
     for account, wanted in config.items():
-        _write_account(pipe, account, wanted)
-        if prune and account in existing:
-            _prune(pipe, account, wanted, existing[account])
-        pipe.incr(keys.version(account))
-    pipe.execute()
+        try:
+            _apply_account(client, account, wanted, prune)
+        except (redis.RedisError, RedisClusterException) as error:
+            raise ApplyFailed(written, [a for a in config if a not in written], error) from error
+        written.append(account)
 
 
-def _write_account(pipe: Any, account: str, wanted: AccountConfig) -> None:
-    if wanted.admin:
-        pipe.hset(keys.account_settings(account), "admin", wanted.admin)
+def _apply_account(client: Any, account: str, wanted: AccountConfig, prune: bool) -> None:
+    existing = _names(client, [account]).get(account) if prune else None
+    stale_groups = existing["group"] - set(wanted.groups) if existing else set()
+    stale_numbers = existing["number"] - set(wanted.numbers) if existing else set()
+
+    def queue(pipe: Any, _: dict[str, int]) -> None:
+        _queue_account(pipe, account, wanted.admin)
+        for name, users in wanted.groups.items():
+            _queue_group(pipe, account, name, users)
+        for number, settings in wanted.numbers.items():
+            pipe.delete(keys.number(account, number))  # replaced: it holds what the file says
+            _queue_number(pipe, account, number, NumberChange.whole(settings), new=True)
+        _queue_prune(pipe, account, stale_groups, stale_numbers)
+
+    compiled = bool(wanted.groups or wanted.numbers or stale_groups or stale_numbers)
+    _transact(client, account, [keys.account_settings(account)], queue, compiled)
+
+
+def _transact(
+    client: Any,
+    account: str,
+    hashes: Sequence[str],
+    queue: Callable[[Any, dict[str, int]], None],
+    compiled: bool,
+) -> None:
+    """One MULTI/EXEC of the writes ``queue`` adds, plus the version's increment when they are
+    ``compiled`` inputs; first, under WATCH, ``hashes`` (written into, not replaced) must be
+    hashes or absent and the version an integer, else nothing is written. ``queue`` gets the
+    length of each of ``hashes``, unchanged until EXEC (or EXEC fails and it starts again)."""
+    version = keys.version(account)
+    watched = [*hashes, version] if compiled else list(hashes)
+    with client.pipeline(transaction=True) as pipe:
+        for _ in range(MAX_TRIES):
+            try:
+                lengths: dict[str, int] = {}
+                if watched:
+                    pipe.watch(*watched)
+                    lengths = _check(pipe, hashes, version if compiled else None)
+                pipe.multi()
+                queue(pipe, lengths)
+                if compiled:
+                    pipe.incr(version)
+                pipe.execute()
+                return
+            except redis.WatchError:
+                continue
+    raise redis.WatchError(f"account {account}'s configuration changed during {MAX_TRIES} tries")
+
+
+def _check(pipe: Any, hashes: Sequence[str], version: str | None) -> dict[str, int]:
+    """Each of ``hashes``' length; raises (naming the key) unless each is a hash or absent and
+    ``version`` holds an integer or nothing: what would make EXEC fail after some writes."""
+    lengths = {key: int(_named(key, pipe.hlen)) for key in hashes}
+    if version is not None:
+        value = _named(version, pipe.get)
+        if value is not None and not _is_integer(value):
+            raise redis.ResponseError(f"{version} holds {value!r}, not an integer")
+    return lengths
+
+
+def _named(key: str, read: Callable[[str], Any]) -> Any:
+    try:
+        return read(key)
+    except redis.ResponseError as error:
+        if type(error) is not redis.ResponseError:  # NOPERM ...: keep what it is
+            raise
+        raise redis.ResponseError(f"{key}: {error}") from error  # WRONGTYPE: which key
+
+
+def _is_integer(value: str) -> bool:
+    """What INCR accepts: a signed 64-bit integer in its plain decimal form."""
+    try:
+        number = int(value)
+    except ValueError:
+        return False
+    return str(number) == value and -(2**63) <= number < 2**63
+
+
+def _queue_account(pipe: Any, account: str, admin: str | None) -> None:
+    if admin:
+        pipe.hset(keys.account_settings(account), "admin", admin)
     else:
         pipe.hdel(keys.account_settings(account), "admin")
-    for name, users in wanted.groups.items():
-        pipe.delete(keys.group(account, name))
-        if users:
-            pipe.rpush(keys.group(account, name), *users)
-    for number, settings in wanted.numbers.items():
-        fields: dict[str, Any] = {
-            "assign_unknown": int(settings.assign_unknown),
-            "online_only": int(settings.online_only),
-        }
-        if settings.admin:
-            fields["admin"] = settings.admin
-        pipe.delete(keys.number(account, number))
+
+
+def _queue_group(pipe: Any, account: str, name: str, users: Sequence[str]) -> None:
+    pipe.delete(keys.group(account, name))
+    if users:
+        pipe.rpush(keys.group(account, name), *users)
+
+
+def _queue_number(pipe: Any, account: str, number: str, change: NumberChange, new: bool) -> None:
+    """Merges ``change`` into the number's keys; a ``new`` number (no settings, or settings
+    just deleted) gets the contract's defaults for what the change leaves out."""
+    fields = {**NEW_NUMBER, **change.fields()} if new else change.fields()
+    if fields:
         pipe.hset(keys.number(account, number), mapping=fields)
-        for key, entries, write in (
-            (keys.members(account, number), settings.members, pipe.rpush),
-            (keys.access(account, number), settings.access, pipe.sadd),
-        ):
+    for key, entries, write in (
+        (keys.members(account, number), change.members, pipe.rpush),
+        (keys.access(account, number), change.access, pipe.sadd),
+    ):
+        if entries is not None:
             pipe.delete(key)
             if entries:
                 write(key, *entries)
 
 
-def _prune(pipe: Any, account: str, wanted: AccountConfig, existing: dict[str, set[str]]) -> None:
-    """Removes the configuration of the account's groups and numbers the file leaves out;
-    a pruned number's cursor and owners stay, in case it comes back."""
-    for name in existing["group"] - set(wanted.groups):
+def _queue_prune(pipe: Any, account: str, groups: set[str], numbers: set[str]) -> None:
+    """Removes the given groups and numbers' configuration; a pruned number's cursor and owners
+    stay, in case it comes back."""
+    for name in groups:
         pipe.delete(keys.group(account, name))
-    for number in existing["number"] - set(wanted.numbers):
+    for number in numbers:
         pipe.delete(
             keys.number(account, number),
             keys.members(account, number),
