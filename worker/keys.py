@@ -49,7 +49,8 @@ def owners(account: str, number_: str) -> str:
 
 
 def version(account: str) -> str:
-    """Bumped by every change of members, access or groups: compiled rotations go stale."""
+    """Bumped once by every write of members, access or groups (the rule is in
+    worker.config_redis): compiled rotations go stale."""
     return f"{account_prefix(account)}:version"
 
 
