@@ -49,9 +49,9 @@ if str(ROOT) not in sys.path:
 from tests.redis_server import RedisServer  # noqa: E402
 from worker import admin, keys  # noqa: E402
 from worker.assign import Assigner  # noqa: E402
+from worker.clock import local_ms as now_ms  # noqa: E402
 from worker.lua import Scripts  # noqa: E402
 from worker.messages import Message  # noqa: E402
-from worker.runner import now_ms  # noqa: E402
 from worker.settings import Settings  # noqa: E402
 
 

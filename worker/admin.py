@@ -6,11 +6,10 @@ worker.config_redis, each command's writes in one MULTI/EXEC.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Any
 
-from worker import chats, config_redis, keys, partitions, rules
+from worker import chats, clock, config_redis, keys, partitions, rules
 from worker.config import NumberConfig
 from worker.keys import group_name
 from worker.settings import Settings
@@ -86,7 +85,7 @@ def show_number(client: Any, account: str, number: str) -> dict[str, Any] | None
         return None
     state = load_number(client, account, number)
     next_choice = rules.decide(state, customer="")
-    today = chats.today(client, account, time.time_ns() // 1_000_000)
+    today = chats.today(client, account, clock.server_ms(client))
     return {
         "account": account,
         "number": number,

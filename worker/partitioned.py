@@ -16,6 +16,7 @@ from functools import partial
 from typing import Any
 
 from worker import partitions
+from worker.clock import Clock, ServerClock
 from worker.metrics import Metrics
 from worker.runner import Runner
 from worker.settings import Settings
@@ -29,9 +30,11 @@ class PartitionedRunner:
         log: Any,
         consumer: str | None = None,
         metrics: Metrics | None = None,
+        clock: Clock | None = None,
     ):
         self.settings = settings
         metrics = metrics or Metrics()  # one set of series for every lane
+        clock = clock or ServerClock(client)  # one TIME per sync for every lane
         self.lanes = [
             Runner(
                 client,
@@ -39,6 +42,7 @@ class PartitionedRunner:
                 log,
                 consumer,
                 metrics=metrics,
+                clock=clock,
             )
             for name in partitions.inbound_streams(settings)
         ]
@@ -100,8 +104,9 @@ def make_runner(
     log: Any,
     consumer: str | None = None,
     metrics: Metrics | None = None,
+    clock: Clock | None = None,
 ) -> Runner | PartitionedRunner:
     """The worker for these settings: one Runner, or one lane per inbound partition."""
     if settings.inbound_partitions == 1:
-        return Runner(client, settings, log, consumer, metrics=metrics)
-    return PartitionedRunner(client, settings, log, consumer, metrics=metrics)
+        return Runner(client, settings, log, consumer, metrics=metrics, clock=clock)
+    return PartitionedRunner(client, settings, log, consumer, metrics=metrics, clock=clock)

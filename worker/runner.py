@@ -17,6 +17,7 @@ from redis.exceptions import ConnectionError, NoPermissionError, ResponseError, 
 
 from worker import chats, stream, wire
 from worker.assign import Assigner, Decision
+from worker.clock import Clock, ServerClock
 from worker.connection import is_passing_cluster_error
 from worker.log import level
 from worker.lua import Scripts
@@ -32,10 +33,6 @@ if TYPE_CHECKING:
 BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.1, 5.0
 STALE_CONSUMER_IDLE_MS = 3_600_000
 FATAL_REFUSALS = ("NOPERM", "NOAUTH", "WRONGPASS")
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def default_consumer() -> str:
@@ -82,8 +79,10 @@ class Runner:
         log: Any,
         consumer: str | None = None,
         metrics: Metrics | None = None,
+        clock: Clock | None = None,
     ):
         self.client = client
+        self.clock = clock or ServerClock(client)  # tests inject their own
         self.link = wire.Link(client)  # the hot path's own connection
         self.settings = settings
         self.consumer = consumer or settings.consumer or default_consumer()
@@ -158,6 +157,7 @@ class Runner:
             stream.ensure_group(self.client, self.settings)  # else the retry loop tries again
 
     def _prepare(self) -> bool:
+        self.clock.sync_if_due()
         stream.ensure_group(self.client, self.settings)
         self._prune_consumers()
         # Listed in XINFO CONSUMERS from now on, not from its first entry (`rota demo` waits
@@ -184,6 +184,7 @@ class Runner:
     def _step(self, burst: bool, block: int | None) -> bool:
         """One batch, reading new entries blocking at most ``block`` ms (None: not at all);
         True when nothing was left to do: nothing new, nothing old to claim."""
+        self.clock.sync_if_due()  # before reading: a failed TIME strands no entry read
         if time.monotonic() >= self._next_claim and self._claim():
             return False
         entries = stream.read_new(self.link, self.settings, self.consumer, block, self._acks)
@@ -212,7 +213,7 @@ class Runner:
         if not poison:
             return
         letters = [dead_letter(e, "poison", f"failed {e.deliveries} deliveries") for e in poison]
-        self._publish(len(poison), [], letters, [e.inbound_id for e in poison], now_ms())
+        self._publish(len(poison), [], letters, [e.inbound_id for e in poison], self.clock.now_ms())
         self.log.error("poison entries dead-lettered", inbound_ids=[e.inbound_id for e in poison])
 
     def _handle(self, entries: Sequence[Entry]) -> None:
@@ -228,7 +229,7 @@ class Runner:
                 done.append(entry.inbound_id)
             else:
                 valid.append((entry, parsed))
-        now = now_ms()
+        now = self.clock.now_ms()
         outcomes = self.assigner.decide(self.link, [m for _, m in valid], now)
         events = []
         deferred: list[Entry] = []
@@ -274,7 +275,7 @@ class Runner:
         # Acknowledged with the next read: one round trip fewer per batch, and only once
         # every write above succeeded.
         self._acks.extend(done)
-        self.metrics.batch(entries, events, dead, now_ms())
+        self.metrics.batch(entries, events, dead, self.clock.now_ms())
         if webhooks is not None:
             self.metrics.webhooks.inc(len(events))
 

@@ -4,11 +4,10 @@ next user and cursor and the chats each user got today."""
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from typing import Any
 
-from worker import admin, chats, keys
+from worker import admin, chats, clock, keys
 from worker.settings import Settings
 
 DEAD_SCAN_LIMIT = 100_000  # dead letters read to count them by error
@@ -84,7 +83,7 @@ def streams(client: Any, settings: Settings) -> dict[str, Any]:
 
 def account(client: Any, account_name: str) -> dict[str, Any]:
     """One account: chats per user today and, per number, who is eligible and next."""
-    now_ms = time.time_ns() // 1_000_000
+    now_ms = clock.server_ms(client)  # the day the workers count on
     numbers = {}
     pattern = keys.account_pattern(account_name)
     found = sorted(
