@@ -15,6 +15,7 @@ import pytest
 
 from tests.redis_cluster import RedisClusterServers
 from tests.redis_server import RedisServer
+from worker import embedded
 from worker.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,6 +41,16 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
     yield make
     for server in started:
         server.stop()
+
+
+@pytest.fixture(params=["system", "embedded"])
+def each_build(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RedisServer]:
+    """A fresh server of each build: the system's redis-server (CI: 7) and the embedded
+    default's (6.2), for commands whose behaviour changed between them."""
+    server = str(embedded.server_binary()) if request.param == "embedded" else None
+    started = RedisServer(tmp_path / request.param, server=server).start()
+    yield started
+    started.stop()
 
 
 @pytest.fixture(scope="session")

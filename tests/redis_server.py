@@ -29,8 +29,9 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, directory: Path, *config: str) -> None:
+    def __init__(self, directory: Path, *config: str, server: str | None = None) -> None:
         self.directory = directory
+        self.server = server or binary()  # another build: e.g. the embedded 6.2
         self.port = free_port()
         self.config = config
         self.process: subprocess.Popen[bytes] | None = None
@@ -47,7 +48,7 @@ class RedisServer:
     def start(self) -> RedisServer:
         self.directory.mkdir(parents=True, exist_ok=True)
         command = [
-            binary(),
+            self.server,
             "--port",
             str(self.port),
             "--bind",

@@ -24,3 +24,4 @@ class Scripts:
 
     def __init__(self, client: Any) -> None:
         self.assign: Script = client.register_script(source("assign"))
+        self.delconsumer: Script = client.register_script(source("delconsumer"))

@@ -91,7 +91,8 @@ class Runner:
         self.webhooks = webhooks_for(client, settings)
         self._debug = level(settings) <= logging.DEBUG  # decided once, not per decision
         self._acks: list[str] = []  # published, to acknowledge with the next read
-        self.assigner = Assigner(Scripts(client), settings.dedup_window_s)
+        self.scripts = Scripts(client)
+        self.assigner = Assigner(self.scripts, settings.dedup_window_s)
         self.claimer = stream.Claimer(settings, self.consumer)
         self.stop_requested_at: float | None = None
         self._claim_every_s = min(max(settings.claim_idle_ms / 4000, 0.01), 5.0)
@@ -168,18 +169,23 @@ class Runner:
         return True  # _with_retry's None means the shutdown budget ran out
 
     def _prune_consumers(self) -> None:
-        """Consumers that hold nothing and have not been seen for an hour are gone for good."""
+        """Consumers that hold nothing and have not been seen for an hour are gone for good.
+        The script checks again as it deletes: one may have been given an entry since."""
         name, group = self.settings.inbound_stream, self.settings.group
         for info in self.client.xinfo_consumers(name, group):
             if int(info["pending"]) == 0 and int(info["idle"]) > STALE_CONSUMER_IDLE_MS:
-                self.client.xgroup_delconsumer(name, group, info["name"])
+                self._delete_consumer(info["name"], STALE_CONSUMER_IDLE_MS)
 
     def _leave(self) -> bool:
         self._flush_acks()
-        name, group = self.settings.inbound_stream, self.settings.group
-        if not self.client.xpending_range(name, group, "-", "+", 1, consumername=self.consumer):
-            self.client.xgroup_delconsumer(name, group, self.consumer)
+        self._delete_consumer(self.consumer)  # kept if it holds anything, for a claimer
         return True
+
+    def _delete_consumer(self, consumer: str | bytes, idle_ms: int = 0) -> bool:
+        name = consumer.decode() if isinstance(consumer, bytes) else consumer
+        return stream.delete_consumer(
+            self.client, self.scripts.delconsumer, self.settings, name, idle_ms
+        )
 
     def _step(self, burst: bool, block: int | None) -> bool:
         """One batch, reading new entries blocking at most ``block`` ms (None: not at all);

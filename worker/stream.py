@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from redis.commands.core import Script
 from redis.exceptions import ResponseError
 
 from worker import wire
@@ -36,6 +37,15 @@ def ensure_group(client: Any, settings: Settings) -> None:
     except ResponseError as error:
         if not str(error).startswith("BUSYGROUP"):
             raise
+
+
+def delete_consumer(
+    client: Any, script: Script, settings: Settings, consumer: str, idle_ms: int = 0
+) -> bool:
+    """Removes the consumer if it holds nothing and was idle ``idle_ms`` or more, checked and
+    done in one script (lua/delconsumer.lua); whether it was removed."""
+    args: list[str | int] = [settings.group, consumer, idle_ms]
+    return bool(script(keys=[settings.inbound_stream], args=args, client=client) == 1)
 
 
 def read_new(
