@@ -236,7 +236,9 @@ def test_sigterm_finishes_batch_in_hand_acks_only_decided_and_exits_0(
     given_five_available_users(rd)
     message_ids = given_new_customers(rd, 20_000)
     budget_s = 5.0
-    worker = workers(redis_server.url, consumer="stopping", shutdown_budget_s=str(budget_s))
+    # (keeping acknowledged entries on the stream, to compare them with the decisions)
+    options = {"shutdown_budget_s": str(budget_s), "inbound_keep_s": "3600"}
+    worker = workers(redis_server.url, consumer="stopping", **options)
     wait_until(lambda: rd.xlen("rota:assignments") > 0, 30, "first decisions")
 
     # When it gets SIGTERM

@@ -80,6 +80,12 @@ def chats(account: str, day: str) -> str:
     return f"{account_prefix(account)}:chats:{day}"
 
 
+def published(inbound_stream: str) -> str:
+    """The id up to which Rota's group has acknowledged every entry of an inbound stream,
+    noted by worker.retention: where the group starts again if it is lost."""
+    return f"{inbound_stream}:published"
+
+
 def account_pattern(account: str) -> str:
     """SCAN pattern for every key of one account (braces are not special in Redis globs)."""
     return f"{account_prefix(account)}:*"

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from redis.exceptions import ConnectionError, NoPermissionError, ResponseError, TimeoutError
 
-from worker import chats, stream, wire
+from worker import chats, retention, stream, wire
 from worker.assign import Assigner, Decision
 from worker.clock import Clock, ServerClock
 from worker.connection import is_passing_cluster_error
@@ -97,6 +97,7 @@ class Runner:
         self.stop_requested_at: float | None = None
         self._claim_every_s = min(max(settings.claim_idle_ms / 4000, 0.01), 5.0)
         self._next_claim = 0.0
+        self._next_sweep = 0.0
 
     def request_stop(self) -> None:
         if self.stop_requested_at is None:
@@ -133,7 +134,6 @@ class Runner:
                 if isinstance(error, NoPermissionError) or str(error).startswith(FATAL_REFUSALS):
                     raise  # credentials or ACL: retrying cannot help, the operator must act
                 if "NOGROUP" in str(error):
-                    self.log.warning("stream or group missing, recreating", error=str(error))
                     self._recreate_group()
                 else:
                     # Out of memory, a key of the wrong type: nothing was acknowledged, so
@@ -155,11 +155,25 @@ class Runner:
 
     def _recreate_group(self) -> None:
         with contextlib.suppress(ConnectionError, TimeoutError, ResponseError):
-            stream.ensure_group(self.client, self.settings)  # else the retry loop tries again
+            self._ensure_group()  # else the retry loop tries again
+
+    def _ensure_group(self) -> None:
+        """Creates the group if it is missing, and says so once: only the worker whose
+        XGROUP CREATE succeeded logs it."""
+        created_at = stream.ensure_group(self.client, self.settings)
+        if created_at == "0":
+            self.log.info("consumer group created", stream=self.settings.inbound_stream)
+        elif created_at is not None:
+            self.log.warning(
+                "consumer group was missing: created again where it had published everything",
+                stream=self.settings.inbound_stream,
+                after=created_at,
+            )
 
     def _prepare(self) -> bool:
         self.clock.sync_if_due()
-        stream.ensure_group(self.client, self.settings)
+        self._ensure_group()
+        self._sweep()
         self._prune_consumers()
         # Listed in XINFO CONSUMERS from now on, not from its first entry (`rota demo` waits
         # for this: its handlers for SIGTERM are in place by then).
@@ -178,6 +192,7 @@ class Runner:
 
     def _leave(self) -> bool:
         self._flush_acks()
+        self._sweep()
         self._delete_consumer(self.consumer)  # kept if it holds anything, for a claimer
         return True
 
@@ -191,6 +206,8 @@ class Runner:
         """One batch, reading new entries blocking at most ``block`` ms (None: not at all);
         True when nothing was left to do: nothing new, nothing old to claim."""
         self.clock.sync_if_due()  # before reading: a failed TIME strands no entry read
+        if time.monotonic() >= self._next_sweep:
+            self._sweep()
         if time.monotonic() >= self._next_claim and self._claim():
             return False
         entries = stream.read_new(self.link, self.settings, self.consumer, block, self._acks)
@@ -203,6 +220,11 @@ class Runner:
     def _flush_acks(self) -> None:
         stream.ack(self.link, self.settings, self._acks)
         self._acks = []
+
+    def _sweep(self) -> None:
+        """Notes how far the group got and trims what every group acknowledged."""
+        self._next_sweep = time.monotonic() + self.settings.inbound_trim_every_s
+        retention.sweep(self.client, self.settings, self.clock.now_ms())
 
     def _claim(self) -> bool:
         """Takes over what idle consumers left (on a timer, not every batch: XPENDING walks

@@ -23,6 +23,10 @@ class Settings(BaseSettings):
     dead_stream: str = "rota:dead"
     group: str = "rota"
     events_maxlen: int = Field(1_000_000, ge=0)  # approximate trim; 0 keeps everything
+    # How often a worker trims what every group acknowledged off each inbound stream, and how
+    # long acknowledged entries stay anyway (worker.retention).
+    inbound_trim_every_s: float = Field(10.0, gt=0)
+    inbound_keep_s: int = Field(0, ge=0)
 
     claim_idle_ms: int = Field(30_000, ge=1)
     max_deliveries: int = Field(5, ge=1)

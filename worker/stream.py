@@ -9,7 +9,7 @@ from typing import Any
 from redis.commands.core import Script
 from redis.exceptions import ResponseError
 
-from worker import wire
+from worker import keys, wire
 from worker.messages import Fields
 from worker.settings import Settings
 
@@ -30,13 +30,19 @@ class Claimed:
     more: bool  # the pending list may hold more idle entries past these
 
 
-def ensure_group(client: Any, settings: Settings) -> None:
-    """Creates the consumer group (and the stream) unless it exists; only BUSYGROUP is fine."""
+def ensure_group(client: Any, settings: Settings) -> str | None:
+    """Creates the consumer group (and the stream) unless it exists: after the id up to which
+    a lost group had published every entry (noted by worker.retention), else at the stream's
+    start. The id it was created at; None when it existed (only BUSYGROUP is fine)."""
+    noted = client.get(keys.published(settings.inbound_stream))
+    start = _id(noted) if noted else "0"
     try:
-        client.xgroup_create(settings.inbound_stream, settings.group, id="0", mkstream=True)
+        client.xgroup_create(settings.inbound_stream, settings.group, id=start, mkstream=True)
     except ResponseError as error:
         if not str(error).startswith("BUSYGROUP"):
             raise
+        return None
+    return start
 
 
 def delete_consumer(
