@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from redis.exceptions import ConnectionError, NoPermissionError, ResponseError, TimeoutError
 
-from worker import chats, retention, stream, wire
+from worker import chats, retention, stream, vanished, wire
 from worker.assign import Assigner, Decision
 from worker.clock import Clock, ServerClock
 from worker.connection import is_passing_cluster_error
@@ -98,6 +98,7 @@ class Runner:
         self._claim_every_s = min(max(settings.claim_idle_ms / 4000, 0.01), 5.0)
         self._next_claim = 0.0
         self._next_sweep = 0.0
+        self._unpublished = vanished.Unpublished()
 
     def request_stop(self) -> None:
         if self.stop_requested_at is None:
@@ -234,8 +235,9 @@ class Runner:
         if claimed.poison or claimed.retry:
             self.metrics.claimed.inc(len(claimed.poison) + len(claimed.retry))
         self._bury(claimed.poison)
+        self._settle(claimed.vanished)
         self._handle(claimed.retry)
-        return bool(claimed.poison or claimed.retry or claimed.more)
+        return bool(claimed.poison or claimed.retry or claimed.vanished or claimed.more)
 
     def _bury(self, poison: Sequence[Entry]) -> None:
         if not poison:
@@ -243,6 +245,27 @@ class Runner:
         letters = [dead_letter(e, "poison", f"failed {e.deliveries} deliveries") for e in poison]
         self._publish(len(poison), [], letters, [e.inbound_id for e in poison], self.clock.now_ms())
         self.log.error("poison entries dead-lettered", inbound_ids=[e.inbound_id for e in poison])
+
+    def _settle(self, gone: Sequence[Entry]) -> None:
+        """Entries deleted while pending: the decision this worker made for one but could not
+        publish is published; the rest are dead-lettered `vanished`."""
+        if not gone:
+            return
+        events, letters = [], []
+        for entry in gone:
+            known = self._unpublished.take(entry.inbound_id)
+            if known is not None:
+                events.append(known)
+            else:
+                letters.append(dead_letter(entry, "vanished", vanished.DETAIL))
+        ids = [e.inbound_id for e in gone]
+        self._publish(len(gone), events, letters, ids, self.clock.now_ms())
+        self.log.warning(
+            "entries deleted from the stream while pending",
+            inbound_ids=ids,
+            published=len(events),
+            dead_lettered=len(letters),
+        )
 
     def _handle(self, entries: Sequence[Entry]) -> None:
         if not entries:
@@ -299,7 +322,12 @@ class Runner:
         webhooks = self.webhooks if events else None
         also = [lambda pipe: webhooks.enqueue(pipe, events)] if webhooks is not None else []
         counts = chats.count(events, now)
-        stream.publish(self.link, self.settings, events, dead, counts, also)
+        try:
+            stream.publish(self.link, self.settings, events, dead, counts, also)
+        except BaseException:
+            self._unpublished.remember(events)  # published if their entries vanish
+            raise
+        self._unpublished.forget(events)
         # Acknowledged with the next read: one round trip fewer per batch, and only once
         # every write above succeeded.
         self._acks.extend(done)

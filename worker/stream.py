@@ -28,6 +28,7 @@ class Claimed:
     retry: list[Entry]
     poison: list[Entry]
     more: bool  # the pending list may hold more idle entries past these
+    vanished: list[Entry]  # deleted from the stream while pending (XTRIM, XDEL): no fields
 
 
 def ensure_group(client: Any, settings: Settings) -> str | None:
@@ -110,25 +111,47 @@ class Claimer:
         full = len(pending) == settings.batch_size
         self._start = "(" + _id(pending[-1]["message_id"]) if full else "-"
         if not pending:
-            return Claimed([], [], more=False)
+            return Claimed([], [], more=False, vanished=[])
         delivered = {_id(p["message_id"]): int(p["times_delivered"]) for p in pending}
+        # Deleted entries stay pending until acknowledged after their dead letter: Redis 7's
+        # XCLAIM would drop them from the pending list unseen.
+        gone = set(missing(client, settings, list(delivered)))
+        wanted = [inbound_id for inbound_id in delivered if inbound_id not in gone]
         # XCLAIM re-checks the idle time, so of two workers claiming at once only one wins.
-        taken = client.xclaim(
+        taken = self._xclaim(client, wanted) if wanted else []
+        retry, poison, returned = [], [], set()
+        for entry_id, fields in taken:
+            inbound_id = _id(entry_id)
+            returned.add(inbound_id)
+            seen = delivered.get(inbound_id, 0)
+            if not fields:
+                gone.add(inbound_id)  # deleted since the check (Redis 6.2 claims it so)
+            elif seen >= settings.max_deliveries:
+                poison.append(Entry(inbound_id, fields, seen))
+            else:
+                retry.append(Entry(inbound_id, fields, seen + 1))
+        # Not returned: another worker's now, or deleted since the check (Redis 7).
+        gone.update(missing(client, settings, [i for i in wanted if i not in returned]))
+        vanished = [Entry(i, {}, count) for i, count in delivered.items() if i in gone]
+        return Claimed(retry, poison, more=full, vanished=vanished)
+
+    def _xclaim(self, client: Any, inbound_ids: list[str]) -> list[Any]:
+        settings = self._settings
+        taken: list[Any] = client.xclaim(
             settings.inbound_stream,
             settings.group,
             self._consumer,
             settings.claim_idle_ms,
-            list(delivered),
+            inbound_ids,
         )
-        retry, poison = [], []
-        for entry_id, fields in taken:
-            inbound_id = _id(entry_id)
-            seen = delivered.get(inbound_id, 0)
-            if seen >= settings.max_deliveries:
-                poison.append(Entry(inbound_id, fields or {}, seen))
-            else:
-                retry.append(Entry(inbound_id, fields or {}, seen + 1))
-        return Claimed(retry, poison, more=full)
+        return taken
+
+
+def missing(client: Any, settings: Settings, inbound_ids: Sequence[str]) -> list[str]:
+    """Which of these ids have no entry on the inbound stream any more, in one round trip."""
+    replies = wire.execute(client, [("XRANGE", settings.inbound_stream, i, i) for i in inbound_ids])
+    _check(replies)
+    return [i for i, reply in zip(inbound_ids, replies, strict=True) if not reply]
 
 
 def defer(client: Any, settings: Settings, consumer: str, entries: Sequence[Entry]) -> None:
