@@ -12,6 +12,7 @@ from typing import Any
 
 from tests.conftest import make_settings
 from tests.helpers import (
+    NUMBER,
     cursor,
     drained,
     finish,
@@ -23,7 +24,7 @@ from tests.helpers import (
     wait_until,
 )
 from tests.redis_server import RedisServer
-from worker import keys
+from worker import keys, partitions
 from worker.retention import before, format_id, parse_id
 
 STREAM, GROUP = "rota:inbound", "rota"
@@ -137,3 +138,29 @@ def test_destroyed_group_starts_again_where_everything_was_published_losing_noth
     assert pending_count(rd) == 0
     # and the one worker that created it again said so, once
     assert stderr.count("consumer group was missing") == 1, stderr
+
+
+def test_every_partition_is_trimmed_and_noted_on_its_own(
+    rd: Any, rb: Any, redis_server: RedisServer
+) -> None:
+    # Given 4 inbound partitions with 2,000 messages of accounts spread over them
+    settings = make_settings(redis_server.url, inbound_partitions=4)
+    accounts = [f"acct{i}" for i in range(8)]
+    streams = {partitions.inbound_stream(settings, account) for account in accounts}
+    assert len(streams) > 1
+    for account in accounts:
+        given_five_available_users(rd, account=account)
+    for i in range(2_000):
+        account = accounts[i % len(accounts)]
+        fields = {"account": account, "number": NUMBER, "from": f"4477{i:08d}"}
+        rd.xadd(partitions.inbound_stream(settings, account), fields)
+
+    # When a worker drains every partition
+    assert run_burst(rb, settings) == 0
+
+    # Then each partition is trimmed, and notes how far its own group got
+    assert rd.xlen("rota:assignments") == 2_000
+    for name in streams:
+        assert rd.xlen(name) < 250, name
+        [group] = rd.xinfo_groups(name)
+        assert rd.get(keys.published(name)) == group["last-delivered-id"]
