@@ -162,8 +162,8 @@ class Runner:
         """Creates the group if it is missing, and says so once: only the worker whose
         XGROUP CREATE succeeded logs it."""
         created_at = stream.ensure_group(self.client, self.settings)
-        if created_at == "0":
-            self.log.info("consumer group created", stream=self.settings.inbound_stream)
+        if created_at == "0":  # a new stream or a first start: nothing to tell at info
+            self.log.debug("consumer group created", stream=self.settings.inbound_stream)
         elif created_at is not None:
             self.log.warning(
                 "consumer group was missing: created again where it had published everything",
