@@ -12,7 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from worker import admin, keys
+import pytest
+
+from worker import admin, keys, lua
 from worker.log import logger
 from worker.partitioned import make_runner
 from worker.settings import Settings
@@ -96,6 +98,17 @@ def given_new_customers(rd: Any, count: int, start: int = 0) -> list[str]:
 
 def fields_of(account: str = ACCOUNT, number: str = NUMBER, **extra: str) -> dict[str, str]:
     return {"account": account, "number": number, **extra}
+
+
+def given_decisions_of_account_fail(monkeypatch: pytest.MonkeyPatch, account: str) -> None:
+    """Every decision of ``account`` fails inside assign.lua, as a fault of the script would.
+    (Hand-edited data can no longer make it fail: that is dead-lettered as invalid_data.)
+    Holds for Runners built after this in the test's process and workers forked from it."""
+    real = lua.source
+    guard = f"if string.find(KEYS[1], '{{{account}}}', 1, true) then error('injected fault') end\n"
+    monkeypatch.setattr(
+        lua, "source", lambda name: (guard if name == "assign" else "") + real(name)
+    )
 
 
 # --- Processes -----------------------------------------------------------------------------

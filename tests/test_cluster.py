@@ -23,6 +23,7 @@ from tests.helpers import (
     dead,
     decide,
     events,
+    given_decisions_of_account_fail,
     given_number,
     given_presence,
     run_burst,
@@ -204,12 +205,12 @@ def test_idle_entries_of_every_partition_are_claimed_by_another_worker(
 
 @ON_SINGLE_AND_CLUSTER
 def test_poison_on_a_partition_is_dead_lettered_and_replayed_onto_its_partition(
-    rd: Any, rb: Any, target: Target
+    rd: Any, rb: Any, target: Target, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Given an account whose decisions error (presence is not a hash), on 4 partitions
+    # Given an account whose decisions fail inside the script, on 4 partitions
     settings = make_settings(target.url, inbound_partitions=4, claim_idle_ms=100, max_deliveries=2)
     given_number(rd, ["A"], account="broken")
-    rd.set(keys.presence("broken"), "not a hash")
+    given_decisions_of_account_fail(monkeypatch, "broken")
     home = partitions.inbound_stream(settings, "broken")
     sent = send(rd, settings, "447700900001", account="broken", message_id="p.1")
 
@@ -225,8 +226,8 @@ def test_poison_on_a_partition_is_dead_lettered_and_replayed_onto_its_partition(
     assert (letter["error"], letter["inbound_id"], letter["deliveries"]) == ("poison", sent, "2")
     assert pending(rd, home) == []
 
-    # When the account is repaired and the dead letter replayed
-    rd.delete(keys.presence("broken"))
+    # When the fault is gone and the dead letter replayed
+    monkeypatch.undo()
     given_presence(rd, account="broken", A="available")
     [(_, new_id)] = admin.replay_dead(rb, settings, count=10)
 

@@ -25,6 +25,7 @@ from tests.helpers import (
     drained,
     fields_of,
     finish,
+    given_decisions_of_account_fail,
     given_five_available_users,
     given_new_customers,
     given_number,
@@ -33,7 +34,6 @@ from tests.helpers import (
     wait_until,
 )
 from tests.redis_server import RedisServer, free_port
-from worker import keys
 from worker import runner as runner_module
 from worker.log import logger
 from worker.lua import source
@@ -78,14 +78,18 @@ def test_worker_reloads_script_after_script_flush_and_goes_on(
 
 
 def test_poison_entry_is_retried_then_dead_lettered_while_the_worker_goes_on(
-    rd: Any, redis_server: RedisServer, workers: Callable[..., subprocess.Popen[bytes]]
+    rd: Any,
+    redis_server: RedisServer,
+    forked_workers: ForkedWorkers,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Given an account whose presence key is not a hash, so each decision of it fails,
+    # Given an account whose every decision fails inside the script,
     given_five_available_users(rd)
     given_number(rd, ["A"], account="broken")
-    rd.set(keys.presence("broken"), "not a hash")
+    given_decisions_of_account_fail(monkeypatch, "broken")
     # and one long-running worker that retries entries idle for 200 ms, 3 deliveries at most
-    worker = workers(redis_server.url, consumer="w", claim_idle_ms="200", max_deliveries="3")
+    options = {"consumer": "w", "claim_idle_ms": "200", "max_deliveries": "3"}
+    worker = forked_workers.start(redis_server.url, **options)
 
     # When one message of that account comes between messages of a healthy one
     good = given_new_customers(rd, 100)
@@ -102,9 +106,10 @@ def test_poison_entry_is_retried_then_dead_lettered_while_the_worker_goes_on(
     # and the worker goes on: messages sent afterwards are decided too
     good += given_new_customers(rd, 100, start=200)
     wait_until(lambda: drained(rd), 60, "every entry acknowledged")
-    worker.send_signal(signal.SIGTERM)
-    code, stderr = finish(worker, timeout=30)
-    assert code == 0, stderr
+    os.kill(worker.pid or 0, signal.SIGTERM)
+    worker.join(timeout=30)
+    stderr = forked_workers.stderr()
+    assert worker.exitcode == 0, stderr
     assert stderr.count('"decision failed"') == 3, stderr
     assert stderr.count('"poison entries dead-lettered"') == 1, stderr
     assert "Traceback" not in stderr
@@ -218,14 +223,16 @@ def test_worker_that_never_reached_redis_exits_1_when_the_budget_is_spent(
 
 @pytest.mark.chaos
 def test_debug_logs_of_every_path_mask_customer_numbers(
-    server_factory: Callable[..., RedisServer], forked_workers: ForkedWorkers
+    server_factory: Callable[..., RedisServer],
+    forked_workers: ForkedWorkers,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Given debug logging, decisions, dead letters of every kind, a poison entry, and an outage
     server = server_factory("--appendonly", "yes", "--appendfsync", "always")
     rd = server.client(decode=True)
     given_five_available_users(rd)
     given_number(rd, ["A"], account="broken")
-    rd.set(keys.presence("broken"), "not a hash")
+    given_decisions_of_account_fail(monkeypatch, "broken")
     options = {"log_level": "debug", "claim_idle_ms": "300", "max_deliveries": "2"}
     workers = [forked_workers.start(server.url, **options) for _ in range(2)]
 

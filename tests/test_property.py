@@ -18,9 +18,15 @@ ACCOUNT, NUMBER = "acme", "15550001000"
 USERS = ["ann", "bob", "cy", "dee", "eve"]
 ADMINS = ["boss", "night-boss"]
 CUSTOMERS = ["447700900001", "447700900002", "447700900003", "447700900004"]
-# What a CRM may HSET; None: no status at all.
-STATUSES = ["available", "Available", "AVAILABLE", "unavailable", "away", "in_break", None]
-statuses = st.sampled_from(["available", "available", *STATUSES])  # available: 4 in 9
+# What a CRM may HSET, padded and in any case; None: no status at all. The long ones are no
+# status: padded past the longest a status may be, or the right word in a wrong place.
+STATUSES = [
+    "available", "Available", "AVAILABLE", "unavailable", "away", "in_break", None,
+    "AVAILABLE ", " available", "available\n", "\tAvailable\r\n", "\vavailable\f",
+    "available\u00a0", "available\x00", "avail able", "available" + " " * 55,
+    "available" + " " * 56, "x" * 1_000, "available" * 8,
+]  # fmt: skip
+statuses = st.sampled_from(["available"] * 8 + STATUSES)  # available: 13 in 27
 
 users = st.sampled_from(USERS)
 group_names = st.sampled_from(["g1", "g2"])

@@ -36,6 +36,7 @@ from tests.helpers import (
     events,
     fields_of,
     finish,
+    given_decisions_of_account_fail,
     given_five_available_users,
     given_new_customers,
     given_number,
@@ -143,13 +144,13 @@ def test_undecidable_message_is_dead_lettered_with_its_fields_and_why(
 
 
 def test_message_failing_max_deliveries_times_becomes_poison_and_others_are_decided(
-    rd: Any, rb: Any, redis_server: RedisServer
+    rd: Any, rb: Any, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Given an account whose presence key is not a hash, so every decision of it errors,
+    # Given an account whose every decision fails inside the script,
     settings = make_settings(redis_server.url, claim_idle_ms=200, max_deliveries=3)
     given_five_available_users(rd)
     given_number(rd, ["A"], account="broken")
-    rd.set(keys.presence("broken"), "not a hash")
+    given_decisions_of_account_fail(monkeypatch, "broken")
     # and one of its messages between messages of a healthy account
     rd.xadd("rota:inbound", fields_of(**{"from": "447700900010"}, message_id="good.1"))
     poison_fields = fields_of(account="broken", **{"from": "447700900001"}, message_id="p.1")
@@ -181,8 +182,8 @@ def test_message_failing_max_deliveries_times_becomes_poison_and_others_are_deci
     assert pending_count(rd) == 0
     assert [e["message_id"] for e in events(rd, settings)] == ["good.1", "good.2"]
 
-    # When the presence key is repaired and the dead letter replayed
-    rd.delete(keys.presence("broken"))
+    # When the fault is gone and the dead letter replayed
+    monkeypatch.undo()
     given_presence(rd, account="broken", A="available")
     assert len(admin.replay_dead(rb, settings, count=100)) == 1
     assert run_burst(rb, settings) == 0
@@ -317,12 +318,12 @@ def test_consumer_leaves_group_on_clean_exit_when_holding_nothing(
 
 
 def test_consumer_holding_pending_entries_stays_in_group_on_exit(
-    rd: Any, rb: Any, redis_server: RedisServer
+    rd: Any, rb: Any, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Given a message whose decision fails (its account's presence key is not a hash)
+    # Given a message whose decision fails
     settings = make_settings(redis_server.url, claim_idle_ms=600_000)
     given_number(rd, ["A"], account="broken")
-    rd.set(keys.presence("broken"), "not a hash")
+    given_decisions_of_account_fail(monkeypatch, "broken")
     rd.xadd("rota:inbound", fields_of(account="broken", **{"from": "447700900001"}))
 
     # When a worker drains the stream and exits

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from worker import chats, clock, config_redis, keys, partitions, rules
+from worker import chats, clock, config_redis, keys, partitions, presence, rules
 from worker.config import NumberConfig
 from worker.keys import group_name
 from worker.settings import Settings
@@ -71,10 +71,7 @@ def load_number(client: Any, account: str, number: str) -> rules.NumberState:
         admin=config.admin or client.hget(keys.account_settings(account), "admin") or None,
         cursor=int(client.get(keys.cursor(account, number)) or 0),
     )
-    users = rules.expand(members, groups)
-    if users:
-        state.presence = dict(zip(users, client.hmget(keys.presence(account), users), strict=True))
-        state.presence = {u: s for u, s in state.presence.items() if s is not None}
+    state.presence = presence.statuses(client, account, rules.expand(members, groups))
     return state
 
 

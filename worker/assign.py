@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from redis.exceptions import NoScriptError, ResponseError
@@ -22,9 +22,36 @@ class Decision:
     user: str  # "" for unknown_disabled and no_admin
     reason: str
     at: int  # unix ms of the first decision of this message
+    # True when this call decided; False when the message had been decided before and this is
+    # that first decision repeated: the same decision, so equality leaves it out.
+    new: bool = field(default=True, compare=False)
 
 
 Outcome = Decision | Rejection | Exception
+
+REASONS = ("owner", "unknown_disabled", "round_robin", "admin_fallback", "no_admin")
+_REASONS = {reason.encode(): reason for reason in REASONS}
+_NEW = {b"1": True, b"0": False}
+
+
+def decision(reply: Any) -> Decision | None:
+    """A decision reply, {user, reason, at, new}, checked part by part; None for any other
+    shape. A user id that is not UTF-8 (only Redis edited by hand holds one) keeps its bytes
+    as \\xNN escapes, the same each time."""
+    if type(reply) is not list or len(reply) != 4:
+        return None
+    user, reason, at, new = reply
+    if type(user) is not bytes or type(reason) is not bytes or type(at) is not bytes:
+        return None
+    text = _REASONS.get(reason)
+    is_new = _NEW.get(new) if type(new) is bytes else None
+    if text is None or is_new is None or not at.isdigit():
+        return None
+    return Decision(user.decode(errors="backslashreplace"), text, int(at), is_new)
+
+
+def unexpected(reply: Any) -> ResponseError:
+    return ResponseError(f"assign.lua replied {reply!r:.200}")
 
 
 def number_keys(account: str, number: str) -> tuple[str, ...]:
@@ -136,22 +163,38 @@ class Assigner:
         )
 
     def _outcome(self, message: Message, reply: Any) -> Outcome | None:
-        """The outcome, or None when the call must be made again."""
+        """The outcome, or None when the call must be made again. Nothing of the reply is
+        assumed: a shape the script never sends is a failed decision, not a crash."""
         if isinstance(reply, NoScriptError):
             return None
         if isinstance(reply, Exception):
             return reply
-        head = reply[0]
-        if head == b"!groups":
-            number = (message.account, message.number)
-            self._groups[number] = tuple(g.decode() for g in reply[1:])
-            self._calls.pop(number, None)
-            return None
-        if head == b"!unknown_number":
+        decided = decision(reply)
+        if decided is not None:
+            return decided
+        if type(reply) is not list or not reply or not all(type(p) is bytes for p in reply):
+            return unexpected(reply)
+        head, *rest = reply
+        if head == b"!groups" and rest:
+            return self._more_groups(message, rest)
+        if head == b"!unknown_number" and not rest:
             self._calls.pop((message.account, message.number), None)
             detail = f"no settings for account {message.account} number {message.number}"
             return Rejection("unknown_number", detail)
-        return Decision(head.decode(), reply[1].decode(), int(reply[2]))
+        if head == b"!invalid_data" and len(rest) == 1:
+            return Rejection("invalid_data", rest[0].decode(errors="backslashreplace"))
+        return unexpected(reply)
+
+    def _more_groups(self, message: Message, names: list[bytes]) -> Rejection | None:
+        """Remembers the groups the number names; None: call again with them."""
+        try:
+            groups = tuple(name.decode() for name in names)
+        except UnicodeDecodeError:
+            return Rejection("invalid_data", "members or access name a group that is not UTF-8")
+        number = (message.account, message.number)
+        self._groups[number] = groups
+        self._calls.pop(number, None)
+        return None
 
     def decide(self, client: Any, messages: Sequence[Message], now_ms: int) -> list[Outcome]:
         """Decisions in the order given; one round trip unless a retry is needed.

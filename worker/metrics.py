@@ -21,7 +21,15 @@ from redis.exceptions import RedisError
 from worker.settings import Settings
 
 REASONS = ("owner", "unknown_disabled", "round_robin", "admin_fallback", "no_admin")
-CODES = ("missing_field", "invalid_field", "unknown_number", "too_large", "poison", "vanished")
+CODES = (
+    "missing_field",
+    "invalid_field",
+    "unknown_number",
+    "invalid_data",
+    "too_large",
+    "poison",
+    "vanished",
+)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from worker import presence
 from worker.keys import group_name
 
 
@@ -56,7 +57,7 @@ def rotation(state: NumberState) -> list[str]:
 
 
 def is_available(state: NumberState, user: str) -> bool:
-    return state.presence.get(user, "unavailable").lower() == "available"
+    return presence.is_available(state.presence.get(user))
 
 
 def eligible(state: NumberState) -> list[str]:
