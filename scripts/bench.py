@@ -666,6 +666,7 @@ from rq import get_current_job
 from worker.assign import Assigner, Decision
 from worker.lua import Scripts
 from worker.messages import Message
+from worker.record import Record
 
 
 def decide(account, number, customer, message_id, window_s, events_stream):
@@ -676,9 +677,7 @@ def decide(account, number, customer, message_id, window_s, events_stream):
     outcome = Assigner(Scripts(client), window_s).decide(client, [message], now)[0]
     if not isinstance(outcome, Decision):
         raise RuntimeError(f"not decided: {outcome!r}")
-    event = {"account": account, "number": number, "customer": customer}
-    event |= {"message_id": message_id, "inbound_id": job.id, "user": outcome.user}
-    client.xadd(events_stream, {**event, "reason": outcome.reason, "at": outcome.at})
+    client.xadd(events_stream, Record.of(message, outcome).to_fields())
     return outcome.user
 '''
 

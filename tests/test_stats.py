@@ -9,10 +9,13 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import decide, given_number, given_presence, send
+from tests.helpers import decide, events, given_number, given_presence, send
 from tests.ops import rota
 from tests.redis_server import RedisServer
 from worker import admin, chats, keys
+from worker.clock import server_ms
+from worker.log import logger
+from worker.partitioned import make_runner
 from worker.settings import Settings
 
 
@@ -65,6 +68,34 @@ def test_a_message_repeated_within_one_batch_is_counted_once(
     # Both copies are read in one batch: the second repeats the first decision, same `at`
     decide(rd, rb, settings, "447700900001", "447700900001", message_id="wamid.1")
     assert chats.today(rd, "acme", time.time_ns() // 1_000_000) == {"A": 1}
+
+
+class StoppedClock:
+    """A worker clock that stands still: a repeat's first `at` equals its batch's now."""
+
+    def __init__(self, now_ms: int) -> None:
+        self._now_ms = now_ms
+
+    def now_ms(self) -> int:
+        return self._now_ms
+
+    def sync_if_due(self) -> None:
+        pass
+
+
+def test_a_repeat_in_a_later_batch_of_the_same_millisecond_is_not_counted_again(
+    rd: Any, rb: Any, settings: Settings
+) -> None:
+    clock = StoppedClock(server_ms(rd))
+    given_number(rd, ["A", "B"])
+    given_presence(rd, A="available", B="available")
+    # When a message is decided, then delivered again and decided in a batch of its own
+    for _ in range(2):
+        send(rd, settings, "447700900001", message_id="wamid.1")
+        assert make_runner(rb, settings, logger(settings), clock=clock).run(burst=True) == 0
+    assert [e["user"] for e in events(rd, settings)] == ["A", "A"]
+    # Then the decision says the second is a repeat, and the chat counts once
+    assert chats.today(rd, "acme", clock.now_ms()) == {"A": 1}
 
 
 def test_the_day_counter_expires_after_a_week(rd: Any, rb: Any, settings: Settings) -> None:

@@ -12,6 +12,7 @@ from worker import keys, wire
 from worker.connection import is_cluster
 from worker.lua import Scripts
 from worker.messages import Message, Rejection
+from worker.record import REASONS
 
 # A number whose groups change between our calls again and again is retried this often.
 MAX_ATTEMPTS = 4
@@ -29,7 +30,6 @@ class Decision:
 
 Outcome = Decision | Rejection | Exception
 
-REASONS = ("owner", "unknown_disabled", "round_robin", "admin_fallback", "no_admin")
 _REASONS = {reason.encode(): reason for reason in REASONS}
 _NEW = {b"1": True, b"0": False}
 

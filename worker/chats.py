@@ -2,8 +2,9 @@
 
 A new chat is a decision that made someone the customer's owner (``round_robin`` or
 ``admin_fallback``). The worker counts them in the pipeline that publishes a batch (one HINCRBY
-per account and user), outside assign.lua. A repeated message repeats its first decision with
-that decision's ``at``, older than the batch, and is not counted again.
+per account and user), outside assign.lua. Only decisions made in the batch are counted: a
+repeated message gets its first decision back, which the decision says (``Decision.new``
+false), and is not counted again.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from worker import keys, wire
+from worker.record import Record
 
 NEW_CHAT_REASONS = frozenset({"round_robin", "admin_fallback"})
 KEEP_DAYS = 8  # a day's hash expires this many days after the day starts
@@ -24,15 +26,12 @@ def day(at_ms: int) -> str:
     return time.strftime("%Y-%m-%d", time.gmtime(at_ms // 1000))
 
 
-def count(events: Sequence[dict[str, Any]], now_ms: int) -> list[wire.Command]:
-    """The commands that add the batch's new chats, sent with the publish round trip."""
-    # A message repeated within the batch repeats its decision with the same `at`: once.
-    new_chats = {
-        (event["account"], event["number"], event["message_id"]): event["user"]
-        for event in events
-        if event["at"] == now_ms and event["reason"] in NEW_CHAT_REASONS
-    }
-    tally = Counter((account, user) for (account, _, _), user in new_chats.items())
+def count(decided_now: Sequence[Record], now_ms: int) -> list[wire.Command]:
+    """The commands that add new chats, sent with the publish round trip, from the records of
+    the decisions made in this batch (not those repeated)."""
+    tally = Counter(
+        (record.account, record.user) for record in decided_now if record.reason in NEW_CHAT_REASONS
+    )
     if not tally:
         return []
     today = day(now_ms)

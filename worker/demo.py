@@ -14,6 +14,7 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from worker import admin, connection, keys, partitions
+from worker.record import Record
 from worker.settings import Settings
 from worker.words import mask
 
@@ -56,7 +57,8 @@ class Demo:
                 for event_id, event in entries:
                     self.last_event = event_id
                     if event.get("message_id") == message_id:
-                        return customer, event["user"], event["reason"]
+                        record = Record.from_fields(event)
+                        return customer, record.user, record.reason
         raise TimeoutError(f"no decision for {message_id} within {WAIT_S:.0f} s; are workers up?")
 
     def case(self, title: str, chats: int, expected: list[str]) -> None:

@@ -18,9 +18,9 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Met
 from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 
+from worker.record import REASONS, Record
 from worker.settings import Settings
 
-REASONS = ("owner", "unknown_disabled", "round_robin", "admin_fallback", "no_admin")
 CODES = (
     "missing_field",
     "invalid_field",
@@ -136,19 +136,19 @@ class Metrics:
     def batch(
         self,
         entries: int,
-        events: Sequence[dict[str, Any]],
+        records: Sequence[Record],
         dead: Sequence[dict[Any, Any]],
         now_ms: int,
     ) -> None:
         """One batch published: its size, decisions by reason, dead letters by code, latency."""
         self.batch_size.observe(entries)
-        for reason, count in Tally(event["reason"] for event in events).items():
+        for reason, count in Tally(record.reason for record in records).items():
             self.decisions.labels(reason).inc(count)
         for code, count in Tally(_text(letter[b"error"]) for letter in dead).items():
             self.dead_letters.labels(code).inc(count)
-        if events:
+        if records:
             self.latency.observe_many(
-                [max(now_ms - _entry_ms(event["inbound_id"]), 0) / 1000 for event in events]
+                [max(now_ms - _entry_ms(record.inbound_id), 0) / 1000 for record in records]
             )
 
     def serve(self, settings: Settings) -> Server | None:

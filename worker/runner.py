@@ -23,6 +23,7 @@ from worker.log import level
 from worker.lua import Scripts
 from worker.messages import Message, Rejection, parse
 from worker.metrics import Metrics
+from worker.record import Record
 from worker.settings import Settings
 from worker.stream import Entry
 from worker.words import mask
@@ -46,19 +47,6 @@ def dead_letter(entry: Entry, error: str, detail: str) -> dict[Any, Any]:
         b"detail": detail,
         b"inbound_id": entry.inbound_id,
         b"deliveries": entry.deliveries,
-    }
-
-
-def event(message: Message, decision: Decision) -> dict[str, Any]:
-    return {
-        "account": message.account,
-        "number": message.number,
-        "customer": message.customer,
-        "message_id": message.message_id,
-        "inbound_id": message.inbound_id,
-        "user": decision.user,
-        "reason": decision.reason,
-        "at": decision.at,
     }
 
 
@@ -251,19 +239,20 @@ class Runner:
         publish is published; the rest are dead-lettered `vanished`."""
         if not gone:
             return
-        events, letters = [], []
+        records: list[Record] = []
+        letters = []
         for entry in gone:
             known = self._unpublished.take(entry.inbound_id)
             if known is not None:
-                events.append(known)
+                records.append(known)
             else:
                 letters.append(dead_letter(entry, "vanished", vanished.DETAIL))
         ids = [e.inbound_id for e in gone]
-        self._publish(len(gone), events, letters, ids, self.clock.now_ms())
+        self._publish(len(gone), records, letters, ids, self.clock.now_ms())
         self.log.warning(
             "entries deleted from the stream while pending",
             inbound_ids=ids,
-            published=len(events),
+            published=len(records),
             dead_lettered=len(letters),
         )
 
@@ -282,11 +271,11 @@ class Runner:
                 valid.append((entry, parsed))
         now = self.clock.now_ms()
         outcomes = self.assigner.decide(self.link, [m for _, m in valid], now)
-        events = []
+        decided: list[tuple[Record, Decision]] = []
         deferred: list[Entry] = []
         for (entry, message), outcome in zip(valid, outcomes, strict=True):
             if isinstance(outcome, Decision):
-                events.append(event(message, outcome))
+                decided.append((Record.of(message, outcome), outcome))
                 if self._debug:
                     self._log_decision(message, outcome)
             elif isinstance(outcome, Rejection):
@@ -305,35 +294,40 @@ class Runner:
                 self.log.error("decision failed", inbound_id=entry.inbound_id, error=str(outcome))
                 continue
             done.append(entry.inbound_id)
-        self._publish(len(entries), events, dead, done, now)
+        records = [record for record, _ in decided]
+        new = [record for record, decision in decided if decision.new]
+        self._publish(len(entries), records, dead, done, now, new)
         if deferred:
             stream.defer(self.client, self.settings, self.consumer, deferred)
 
     def _publish(
         self,
         entries: int,
-        events: list[dict[str, Any]],
+        records: list[Record],
         dead: list[dict[Any, Any]],
         done: list[str],
         now: int,
+        new: Sequence[Record] = (),
     ) -> None:
-        """Decisions, dead letters, the day's chat counts and webhook jobs, then the XACK.
-        Metrics are counted once per batch."""
-        webhooks = self.webhooks if events else None
-        also = [lambda pipe: webhooks.enqueue(pipe, events)] if webhooks is not None else []
-        counts = chats.count(events, now)
+        """Decisions, dead letters, the day's chat counts (of ``new``: the records of decisions
+        made in this batch, not repeated) and webhook jobs, then the XACK. Metrics are counted
+        once per batch."""
+        webhooks = self.webhooks if records else None
+        also = [lambda pipe: webhooks.enqueue(pipe, records)] if webhooks is not None else []
+        counts = chats.count(new, now)
+        events = [record.to_fields() for record in records]
         try:
             stream.publish(self.link, self.settings, events, dead, counts, also)
         except BaseException:
-            self._unpublished.remember(events)  # published if their entries vanish
+            self._unpublished.remember(records)  # published if their entries vanish
             raise
-        self._unpublished.forget(events)
+        self._unpublished.forget(records)
         # Acknowledged with the next read: one round trip fewer per batch, and only once
         # every write above succeeded.
         self._acks.extend(done)
-        self.metrics.batch(entries, events, dead, self.clock.now_ms())
+        self.metrics.batch(entries, records, dead, self.clock.now_ms())
         if webhooks is not None:
-            self.metrics.webhooks.inc(len(events))
+            self.metrics.webhooks.inc(len(records))
 
     def _log_decision(self, message: Message, decision: Decision) -> None:
         self.log.debug(

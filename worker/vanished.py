@@ -10,7 +10,8 @@ dead-lettered ``vanished`` with its inbound id.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+
+from worker.record import Record
 
 KEPT = 10_000  # unpublished decisions remembered; the oldest are forgotten first
 DETAIL = (
@@ -24,18 +25,18 @@ class Unpublished:
 
     def __init__(self, kept: int = KEPT) -> None:
         self._kept = kept
-        self._events: dict[str, dict[str, Any]] = {}
+        self._records: dict[str, Record] = {}
 
-    def remember(self, events: Sequence[dict[str, Any]]) -> None:
-        for event in events:
-            self._events[event["inbound_id"]] = event
-        while len(self._events) > self._kept:
-            del self._events[next(iter(self._events))]
+    def remember(self, records: Sequence[Record]) -> None:
+        for record in records:
+            self._records[record.inbound_id] = record
+        while len(self._records) > self._kept:
+            del self._records[next(iter(self._records))]
 
-    def forget(self, events: Sequence[dict[str, Any]]) -> None:
-        if self._events:  # nearly always empty: the hot path pays one check
-            for event in events:
-                self._events.pop(event["inbound_id"], None)
+    def forget(self, records: Sequence[Record]) -> None:
+        if self._records:  # nearly always empty: the hot path pays one check
+            for record in records:
+                self._records.pop(record.inbound_id, None)
 
-    def take(self, inbound_id: str) -> dict[str, Any] | None:
-        return self._events.pop(inbound_id, None)
+    def take(self, inbound_id: str) -> Record | None:
+        return self._records.pop(inbound_id, None)

@@ -30,6 +30,7 @@ from redis.exceptions import RedisError
 
 from worker import keys
 from worker.log import level, redacted_url, route_stdlib
+from worker.record import Record
 from worker.settings import Settings
 
 # rq reads its key prefix from the environment once, when imported: set it first, so rq's keys
@@ -74,20 +75,21 @@ class Webhooks:
         self._retry = rq.Retry(max=len(intervals), interval=intervals) if intervals else None
         self._timeout = int(settings.webhook_timeout_s) + 5
 
-    def enqueue(self, pipe: Any, events: Sequence[dict[str, Any]]) -> None:
-        """One job per decision, queued on the caller's pipeline (executed with the publish)."""
-        if not events:
+    def enqueue(self, pipe: Any, records: Sequence[Record]) -> None:
+        """One job per decision, queued on the caller's pipeline (executed with the publish);
+        its payload is the published entry's fields as a JSON object."""
+        if not records:
             return
         jobs = [
             rq.Queue.prepare_data(
                 JOB,
-                args=[event],
+                args=[record.to_fields()],
                 timeout=self._timeout,
                 result_ttl=0,  # a delivered decision leaves nothing behind
-                description=f"webhook {event['account']} {event['message_id']}",
+                description=f"webhook {record.account} {record.message_id}",
                 retry=self._retry,
             )
-            for event in events
+            for record in records
         ]
         self.queue.enqueue_many(jobs, pipeline=pipe)
 
