@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from worker import admin, keys, lua
+from worker import admin, keys, lua, partitions
 from worker.log import logger
 from worker.partitioned import make_runner
 from worker.settings import Settings
@@ -217,3 +217,26 @@ def run_rota(url: str, *args: str, **env: str) -> subprocess.CompletedProcess[st
         text=True,
         timeout=60,
     )
+
+
+PARTITIONED_ACCOUNTS = [f"tenant{i:02d}" for i in range(8)]
+
+
+def given_a_partitioned_backlog(rd: Any, rb: Any, settings: Settings) -> dict[str, tuple[int, int]]:
+    """Accounts over every inbound partition, decided once (so each partition has its group),
+    then one new message per account, of which a consumer ``busy`` read the first account's
+    and holds it. Returns stream -> (pending, lag) as they must be shown."""
+    for account in PARTITIONED_ACCOUNTS:
+        given_number(rd, ["A"], account=account)
+        given_presence(rd, account=account, A="available")
+        send(rd, settings, "447700900001", account=account)
+    assert run_burst(rb, settings) == 0
+    expected = dict.fromkeys(partitions.inbound_streams(settings), (0, 0))
+    for account in PARTITIONED_ACCOUNTS:
+        stream = partitions.inbound_stream(settings, account)
+        send(rd, settings, "447700900002", account=account)
+        expected[stream] = (0, expected[stream][1] + 1)
+    held = partitions.inbound_stream(settings, PARTITIONED_ACCOUNTS[0])
+    rd.xreadgroup(settings.group, "busy", {held: ">"}, count=1)
+    expected[held] = (1, expected[held][1] - 1)
+    return expected

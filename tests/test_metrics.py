@@ -9,7 +9,7 @@ from typing import Any
 import structlog
 
 from tests.conftest import make_settings, spawn_worker
-from tests.helpers import given_number, given_presence, send
+from tests.helpers import given_a_partitioned_backlog, given_number, given_presence, send
 from tests.ops import sample, scrape
 from tests.redis_server import RedisServer, free_port
 from worker import admin
@@ -93,6 +93,28 @@ def test_stream_gauges_before_the_stream_exists_still_say_redis_is_up(
     metrics.watch(StreamGauges(rb, settings))
     assert metrics.registry.get_sample_value("rota_redis_up") == 1
     assert metrics.registry.get_sample_value("rota_inbound_pending") is None
+
+
+def test_stream_gauges_cover_every_partition_each_and_in_total(
+    rd: Any, rb: Any, redis_server: RedisServer
+) -> None:
+    # Given 4 inbound partitions, each with new messages, one of them held by a consumer
+    settings = make_settings(redis_server.url, inbound_partitions=4)
+    expected = given_a_partitioned_backlog(rd, rb, settings)
+    # When Prometheus scrapes
+    metrics = Metrics()
+    metrics.watch(StreamGauges(rb, settings))
+    value = metrics.registry.get_sample_value
+    # Then pending and lag are there per inbound stream and, unlabelled, in total
+    shown = {
+        stream: (
+            value("rota_inbound_stream_pending", {"stream": stream}),
+            value("rota_inbound_stream_lag", {"stream": stream}),
+        )
+        for stream in expected
+    }
+    assert shown == expected
+    assert (value("rota_inbound_pending"), value("rota_inbound_lag")) == (1, 7)
 
 
 def test_no_metrics_server_unless_a_port_is_set(redis_server: RedisServer) -> None:

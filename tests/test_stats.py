@@ -9,7 +9,15 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import decide, events, given_number, given_presence, send
+from tests.conftest import ON_SINGLE_AND_CLUSTER, Target, make_settings
+from tests.helpers import (
+    decide,
+    events,
+    given_a_partitioned_backlog,
+    given_number,
+    given_presence,
+    send,
+)
 from tests.ops import rota
 from tests.redis_server import RedisServer
 from worker import admin, chats, keys
@@ -143,3 +151,45 @@ def test_stats_before_any_worker_ran(cli: Any, rd: Any) -> None:
     stats = cli("stats")
     assert stats["inbound"] == {"stream": "rota:inbound", "length": 0, "group": None}
     assert stats["dead_letters"]["count"] == 0
+
+
+@ON_SINGLE_AND_CLUSTER
+def test_stats_with_partitions_show_each_partition_and_the_total(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    rd: Any,
+    rb: Any,
+    target: Target,
+) -> None:
+    # Given 4 inbound partitions, each with new messages, one of them held by a consumer
+    settings = make_settings(target.url, inbound_partitions=4)
+    expected = given_a_partitioned_backlog(rd, rb, settings)
+    # When an operator asks for stats with the same settings
+    result = rota(monkeypatch, capsys, target.url, "stats", inbound_partitions="4")
+    assert result.code == 0, result.err
+    inbound = json.loads(result.out)["inbound"]
+    # Then each partition shows its pending and lag, and the top level their total
+    shown = {p["stream"]: (p["pending"], p["lag"]) for p in inbound["partitions"]}
+    assert shown == expected
+    assert [p["length"] for p in inbound["partitions"]] == [4, 4, 4, 4]
+    busy = [p["consumers"] for p in inbound["partitions"] if p["pending"]]
+    assert [[c["name"] for c in consumers] for consumers in busy] == [["busy"]]
+    assert (inbound["stream"], inbound["group"], inbound["length"]) == ("rota:inbound", "rota", 16)
+    assert (inbound["pending"], inbound["lag"]) == (1, 7)
+    assert [(c["name"], c["pending"]) for c in inbound["consumers"]] == [("busy", 1)]
+
+
+def test_stats_with_partitions_before_any_worker_ran(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], rd: Any, target: Target
+) -> None:
+    result = rota(monkeypatch, capsys, target.url, "stats", inbound_partitions="2")
+    assert result.code == 0, result.err
+    assert json.loads(result.out)["inbound"] == {
+        "stream": "rota:inbound",
+        "length": 0,
+        "group": None,
+        "partitions": [
+            {"stream": "rota:inbound:0", "length": 0, "group": None},
+            {"stream": "rota:inbound:1", "length": 0, "group": None},
+        ],
+    }

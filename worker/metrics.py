@@ -18,6 +18,7 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Met
 from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 
+from worker import backlog
 from worker.record import REASONS, Record
 from worker.settings import Settings
 
@@ -65,37 +66,49 @@ class BatchHistogram(Collector):
 
 
 class StreamGauges(Collector):
-    """The consumer group's pending and lag and the dead stream's length, asked of Redis at
-    scrape time. ``lag`` needs Redis 7; on 6.2 it is left out."""
+    """The consumer group's pending and lag on every inbound stream (each partition, and in
+    total) and the dead stream's length, asked of Redis at scrape time in one round trip.
+    ``lag`` needs Redis 7; on 6.2 it is left out."""
 
     def __init__(self, client: Any, settings: Settings) -> None:
         self._client, self._settings = client, settings
 
     def collect(self) -> Iterator[Metric]:
-        settings = self._settings
+        up = "rota_redis_up", "1 when the last scrape reached Redis"
         try:
-            exists = self._client.exists(settings.inbound_stream)  # XINFO fails on no stream
-            groups = self._client.xinfo_groups(settings.inbound_stream) if exists else []
-            dead = self._client.xlen(settings.dead_stream)
+            streams = backlog.read(self._client, self._settings)
+            dead = self._client.xlen(self._settings.dead_stream)
         except RedisError:
-            yield GaugeMetricFamily("rota_redis_up", "1 when the last scrape reached Redis", 0)
+            yield GaugeMetricFamily(*up, 0)
             return
-        yield GaugeMetricFamily("rota_redis_up", "1 when the last scrape reached Redis", 1)
-        for group in groups:
-            if _text(group["name"]) != settings.group:
-                continue
-            yield GaugeMetricFamily(
-                "rota_inbound_pending",
-                "inbound entries delivered to a worker and not yet acknowledged",
-                int(group["pending"]),
-            )
-            if group.get("lag") is not None:
-                yield GaugeMetricFamily(
-                    "rota_inbound_lag",
-                    "inbound entries not yet delivered to any worker",
-                    int(group["lag"]),
-                )
+        yield GaugeMetricFamily(*up, 1)
+        yield from _backlog_gauges(streams)
         yield GaugeMetricFamily("rota_dead_stream_length", "entries on the dead stream", dead)
+
+
+def _backlog_gauges(streams: Sequence[backlog.Backlog]) -> Iterator[Metric]:
+    """Totals unlabelled (what to alert on), each stream under ``stream``; none before any
+    worker created the group."""
+    if not any(stream.grouped for stream in streams):
+        return
+    pending = "inbound entries delivered to a worker and not yet acknowledged"
+    lag = "inbound entries not yet delivered to any worker"
+    yield GaugeMetricFamily("rota_inbound_pending", pending, backlog.total_pending(streams))
+    total_lag = backlog.total_lag(streams)
+    if total_lag is not None:
+        yield GaugeMetricFamily("rota_inbound_lag", lag, total_lag)
+    each_pending = GaugeMetricFamily(
+        "rota_inbound_stream_pending", f"{pending}, per inbound stream", labels=["stream"]
+    )
+    each_lag = GaugeMetricFamily(
+        "rota_inbound_stream_lag", f"{lag}, per inbound stream", labels=["stream"]
+    )
+    for stream in streams:
+        each_pending.add_metric([stream.stream], stream.pending)
+        if stream.lag is not None:
+            each_lag.add_metric([stream.stream], stream.lag)
+    yield each_pending
+    yield each_lag
 
 
 class Metrics:

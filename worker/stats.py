@@ -1,52 +1,88 @@
-"""``rota stats``: what an operator asks first. The streams (length, pending, lag, consumers),
-dead letters by error, webhook deliveries and, for one account, each number's eligible users,
-next user and cursor and the chats each user got today."""
+"""``rota stats``: what an operator asks first. The streams (length, pending, lag, consumers:
+each inbound partition and their total), dead letters by error, webhook deliveries and, for
+one account, each number's eligible users, next user and cursor and the chats each user got
+today."""
 
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from typing import Any
 
-from worker import admin, chats, clock, keys
+from worker import admin, backlog, chats, clock, keys
+from worker.backlog import Backlog, text
 from worker.settings import Settings
 
 DEAD_SCAN_LIMIT = 100_000  # dead letters read to count them by error
 
 
-def _text(value: Any) -> Any:
-    return value.decode(errors="replace") if isinstance(value, bytes) else value
-
-
-def group(client: Any, settings: Settings) -> dict[str, Any] | None:
-    """The consumer group's pending, lag and consumers; None before the group exists.
-
-    Redis 7 reports the lag; on 6.2 it is 0 when the group has read up to the last entry
+def _lag(client: Any, stream: Backlog) -> int | None:
+    """Redis 7 reports the lag; on 6.2 it is 0 when the group has read up to the last entry
     and unknown (None) otherwise."""
-    name = settings.inbound_stream
-    if not client.exists(name):
-        return None
-    found = [g for g in client.xinfo_groups(name) if _text(g["name"]) == settings.group]
-    if not found:
-        return None
-    info = found[0]
-    lag = info.get("lag")
-    if lag is None:
-        last = _text(client.xinfo_stream(name)["last-generated-id"])
-        lag = 0 if last == _text(info["last-delivered-id"]) else None
-    consumers = client.xinfo_consumers(name, settings.group)
+    if stream.lag is not None or not stream.grouped:
+        return stream.lag
+    last = text(client.xinfo_stream(stream.stream)["last-generated-id"])
+    return 0 if last == stream.last_delivered else None
+
+
+def _consumers(client: Any, settings: Settings, streams: list[Backlog]) -> list[list[Any]]:
+    pipe = client.pipeline(transaction=False)
+    for stream in streams:
+        if stream.grouped:
+            pipe.xinfo_consumers(stream.stream, settings.group)
+    replies = iter(pipe.execute())
+    return [next(replies) if stream.grouped else [] for stream in streams]
+
+
+def _stream(stream: Backlog, group_name: str, consumers: list[Any]) -> dict[str, Any]:
+    """One inbound stream: its length and, once the group exists, pending, lag, consumers."""
+    shown: dict[str, Any] = {"stream": stream.stream, "length": stream.length}
+    if not stream.grouped:
+        return {**shown, "group": None}
     return {
-        "group": settings.group,
-        "pending": int(info["pending"]),
-        "lag": None if lag is None else int(lag),
+        **shown,
+        "group": group_name,
+        "pending": stream.pending,
+        "lag": stream.lag,
         "consumers": [
-            {
-                "name": _text(c["name"]),
-                "pending": int(c["pending"]),
-                "idle_ms": int(c["idle"]),
-            }
+            {"name": text(c["name"]), "pending": int(c["pending"]), "idle_ms": int(c["idle"])}
             for c in consumers
         ],
     }
+
+
+def _merged(shown: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each consumer once over every partition: pending summed, idle the least."""
+    merged: dict[str, dict[str, Any]] = {}
+    for stream in shown:
+        for consumer in stream.get("consumers", []):
+            seen = merged.setdefault(consumer["name"], {**consumer, "pending": 0})
+            seen["pending"] += consumer["pending"]
+            seen["idle_ms"] = min(seen["idle_ms"], consumer["idle_ms"])
+    return [merged[name] for name in sorted(merged)]
+
+
+def inbound(client: Any, settings: Settings) -> dict[str, Any]:
+    """The inbound stream and its group; with partitions, the totals over every partition
+    and each partition under ``partitions``."""
+    backlogs = [replace(b, lag=_lag(client, b)) for b in backlog.read(client, settings)]
+    consumers = _consumers(client, settings, backlogs)
+    shown = [_stream(b, settings.group, c) for b, c in zip(backlogs, consumers, strict=True)]
+    if settings.inbound_partitions == 1:
+        return shown[0]
+    total: dict[str, Any] = {
+        "stream": settings.inbound_stream,
+        "length": sum(b.length for b in backlogs),
+        "group": None,
+    }
+    if any(b.grouped for b in backlogs):
+        total.update(
+            group=settings.group,
+            pending=backlog.total_pending(backlogs),
+            lag=backlog.total_lag(backlogs),
+            consumers=_merged(shown),
+        )
+    return {**total, "partitions": shown}
 
 
 def dead_by_error(client: Any, settings: Settings) -> dict[str, int]:
@@ -57,18 +93,14 @@ def dead_by_error(client: Any, settings: Settings) -> dict[str, int]:
         if not page:
             break
         for _, fields in page:
-            tally[_text(fields.get("error", fields.get(b"error", "unknown")))] += 1
-        start = "(" + _text(page[-1][0])
+            tally[text(fields.get("error", fields.get(b"error", "unknown")))] += 1
+        start = "(" + text(page[-1][0])
     return dict(sorted(tally.items()))
 
 
 def streams(client: Any, settings: Settings) -> dict[str, Any]:
     return {
-        "inbound": {
-            "stream": settings.inbound_stream,
-            "length": client.xlen(settings.inbound_stream),
-            **(group(client, settings) or {"group": None}),
-        },
+        "inbound": inbound(client, settings),
         "assignments": {
             "stream": settings.events_stream,
             "length": client.xlen(settings.events_stream),
