@@ -273,6 +273,15 @@ def test_field_not_in_its_form_is_invalid_field(entry: dict[bytes, bytes], menti
     assert "\n" not in rejection.detail
 
 
+def test_an_invalid_from_is_quoted_masked_in_the_detail() -> None:
+    rejection = rejected(fields(number="15550001000", from_="4477009001234567"))
+
+    assert rejection == Rejection(
+        "invalid_field",
+        "from '************4567' must be 6-15 digits after +, spaces, dashes, dots, brackets",
+    )
+
+
 def test_message_id_up_to_256_bytes_is_accepted() -> None:
     message_id = "w" * MAX_MESSAGE_ID_BYTES
     entry = fields(number="15550001000", from_="447700900123", message_id=message_id)
