@@ -32,6 +32,7 @@ from tests.helpers import (
 )
 from tests.redis_cluster import RedisClusterServers, SlotMover, owner
 from worker import admin, connection, keys, partitions
+from worker import dead as dead_letters
 from worker.assign import Assigner
 from worker.lua import Scripts
 from worker.messages import Message
@@ -229,7 +230,7 @@ def test_poison_on_a_partition_is_dead_lettered_and_replayed_onto_its_partition(
     # When the fault is gone and the dead letter replayed
     monkeypatch.undo()
     given_presence(rd, account="broken", A="available")
-    [(_, new_id)] = admin.replay_dead(rb, settings, count=10)
+    [(_, new_id)] = dead_letters.replay(rb, settings, count=10)
 
     # Then it is back on the account's partition, and decided there
     assert [entry_id for entry_id, _ in rd.xrange(home)][-1] == new_id

@@ -48,7 +48,8 @@ from tests.helpers import (
     wait_until,
 )
 from tests.redis_server import RedisServer
-from worker import admin, keys
+from worker import dead as dead_letters
+from worker import keys
 from worker.settings import Settings
 
 # --- Many workers --------------------------------------------------------------------------
@@ -185,7 +186,7 @@ def test_message_failing_max_deliveries_times_becomes_poison_and_others_are_deci
     # When the fault is gone and the dead letter replayed
     monkeypatch.undo()
     given_presence(rd, account="broken", A="available")
-    assert len(admin.replay_dead(rb, settings, count=100)) == 1
+    assert len(dead_letters.replay(rb, settings, count=100)) == 1
     assert run_burst(rb, settings) == 0
 
     # Then the message is decided like any other, and rota:dead is empty

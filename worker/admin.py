@@ -1,4 +1,4 @@
-"""Account, number, group, presence and owner settings; ``number show``; dead letters.
+"""Account, number, group, presence and owner settings; ``number show``.
 
 Inputs arrive validated (worker.words); configuration is read and written by
 worker.config_redis, each command's writes in one MULTI/EXEC.
@@ -13,8 +13,6 @@ from worker import chats, clock, config_redis, keys, partitions, presence, rules
 from worker.config import NumberConfig
 from worker.keys import group_name
 from worker.settings import Settings
-
-DEAD_LETTER_FIELDS = (b"error", b"detail", b"inbound_id", b"deliveries")
 
 
 def set_account(client: Any, account: str, admin: str) -> None:
@@ -110,31 +108,3 @@ def send(client: Any, settings: Settings, fields: dict[str, str]) -> str:
     stream = partitions.inbound_stream(settings, fields.get("account"))
     entry_id: str = client.xadd(stream, fields)
     return entry_id
-
-
-def dead_letters(
-    raw_client: Any, settings: Settings, count: int
-) -> list[tuple[bytes, dict[bytes, bytes]]]:
-    """Oldest first; from a bytes client, since the fields may not be UTF-8."""
-    letters: list[tuple[bytes, dict[bytes, bytes]]] = raw_client.xrange(
-        settings.dead_stream, count=count
-    )
-    return letters
-
-
-def replay_dead(raw_client: Any, settings: Settings, count: int) -> list[tuple[str, str]]:
-    """Puts dead letters back on the inbound stream (the partition of their account), oldest
-    first, without their dead-letter fields; each is added, and only once that succeeded
-    deleted, so a crash duplicates rather than loses (the two streams may be on different
-    Cluster masters). Returns (dead id, new inbound id) pairs. Uses a bytes client: fields
-    may not be UTF-8."""
-    moved = []
-    for dead_id, fields in raw_client.xrange(settings.dead_stream, count=count):
-        original = {k: v for k, v in fields.items() if k not in DEAD_LETTER_FIELDS}
-        if not original:
-            original = {b"replayed_from": dead_id}
-        stream = partitions.inbound_stream(settings, original.get(b"account"))
-        new_id = raw_client.xadd(stream, original)
-        raw_client.xdel(settings.dead_stream, dead_id)
-        moved.append((dead_id.decode(), new_id.decode()))
-    return moved

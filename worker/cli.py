@@ -17,7 +17,7 @@ from typing import NoReturn
 import pydantic
 import redis
 
-from worker import admin, connection, embedded, partitions, words
+from worker import admin, connection, dead, embedded, partitions, words
 from worker.settings import Settings
 
 
@@ -126,6 +126,9 @@ def build_parser() -> Parser:
     dead = commands.add_parser("dead").add_subparsers(dest="verb", required=True)
     dead_list = dead.add_parser("list", help="dead letters as JSON lines, oldest first")
     dead_list.add_argument("--count", type=_count, default=100)
+    dead_list.add_argument(
+        "--unmasked", action="store_true", help="show customer numbers in full (masked: last 4)"
+    )
     dead_list.set_defaults(run=cmd_dead_list)
     dead_replay = dead.add_parser("replay", help="put dead letters back on the inbound stream")
     dead_replay.add_argument("--count", type=_count, default=1_000_000)
@@ -312,19 +315,14 @@ def cmd_send(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _printable(value: bytes) -> str:
-    return value.decode(errors="backslashreplace")
-
-
 def cmd_dead_list(args: argparse.Namespace, settings: Settings) -> int:
-    for dead_id, fields in admin.dead_letters(connection.connect(settings), settings, args.count):
-        shown = {_printable(k): _printable(v) for k, v in fields.items()}
-        print(json.dumps({"id": _printable(dead_id), **shown}))
+    for dead_id, fields in dead.letters(connection.connect(settings), settings, args.count):
+        print(json.dumps(dead.shown(dead_id, fields, unmasked=args.unmasked)))
     return 0
 
 
 def cmd_dead_replay(args: argparse.Namespace, settings: Settings) -> int:
-    moved = admin.replay_dead(connection.connect(settings), settings, args.count)
+    moved = dead.replay(connection.connect(settings), settings, args.count)
     where = partitions.inbound_streams(settings)
     onto = where[0] if len(where) == 1 else f"{settings.inbound_stream}:0..{len(where) - 1}"
     print(f"replayed {len(moved)} dead letters onto {onto}")

@@ -86,6 +86,12 @@ def published(inbound_stream: str) -> str:
     return f"{inbound_stream}:published"
 
 
+def replay_claim(dead_stream: str, dead_id: str) -> str:
+    """Held for a moment by the one replay that moves this dead letter when its streams are
+    in different Cluster slots (worker.dead)."""
+    return f"{dead_stream}:replaying:{dead_id}"
+
+
 def account_pattern(account: str) -> str:
     """SCAN pattern for every key of one account (braces are not special in Redis globs)."""
     return f"{account_prefix(account)}:*"

@@ -25,3 +25,4 @@ class Scripts:
     def __init__(self, client: Any) -> None:
         self.assign: Script = client.register_script(source("assign"))
         self.delconsumer: Script = client.register_script(source("delconsumer"))
+        self.replay: Script = client.register_script(source("replay"))
