@@ -78,25 +78,33 @@ def test_concurrent_replays_move_each_dead_letter_exactly_once(
 
 
 @ON_CLUSTER
-def test_concurrent_replays_on_a_cluster_move_each_letter_once_across_slots(
-    rb: Any, target: Target
+@pytest.mark.parametrize(
+    ("dead_stream", "inbound_partitions", "same_slot"),
+    [("rota:dead", 4, False), ("{rota:inbound}:dead", 1, True)],
+    ids=["claimed-across-slots", "scripted-in-one-slot"],
+)
+def test_concurrent_replays_on_a_cluster_move_each_letter_once(
+    rb: Any, target: Target, dead_stream: str, inbound_partitions: int, same_slot: bool
 ) -> None:
-    # Given dead letters of 8 accounts over 4 partitions, whose slots are not the dead stream's
-    settings = make_settings(target.url, inbound_partitions=4)
-    slot = key_slot(settings.dead_stream.encode())
-    assert all(key_slot(s.encode()) != slot for s in partitions.inbound_streams(settings))
+    # Given dead letters of 8 accounts, on a dead stream in (or not in) their streams' slot
+    settings = make_settings(
+        target.url, dead_stream=dead_stream, inbound_partitions=inbound_partitions
+    )
+    slot = key_slot(dead_stream.encode())
+    streams = partitions.inbound_streams(settings)
+    assert {key_slot(s.encode()) == slot for s in streams} == {same_slot}
     given_dead_letters(rb, settings, 600, accounts=8)
     # When three replays run at once
     moved = replay_at_once(target, settings, 3)
-    # Then each letter is on its account's partition exactly once, and no claim is left
+    # Then each letter is on its account's stream exactly once, and no claim is left
     assert sum(map(len, moved)) == 600
     customers = replayed_customers(rb, settings)
     assert len(customers) == 600 and set(customers.values()) == {1}
-    for stream in partitions.inbound_streams(settings):
+    for stream in streams:
         accounts = {fields[b"account"].decode() for _, fields in rb.xrange(stream)}
         assert {partitions.inbound_stream(settings, a) for a in accounts} <= {stream}
-    assert rb.xlen(settings.dead_stream) == 0
-    claims = keys.replay_claim(settings.dead_stream, "*")
+    assert rb.xlen(dead_stream) == 0
+    claims = keys.replay_claim(dead_stream, "*")
     assert [k for node in target.node_clients() for k in node.scan_iter(match=claims)] == []
 
 
