@@ -357,6 +357,13 @@ def _fail(code: int, message: str, show_traceback: bool) -> int:
     return code
 
 
+def _invalid_setting(invalid: pydantic.ValidationError) -> str:
+    """``ROTA_X: why`` (checks of several settings name their variables themselves)."""
+    error = invalid.errors()[0]
+    why = error["msg"].removeprefix("Value error, ")
+    return f"ROTA_{str(error['loc'][0]).upper()}: {why}" if error["loc"] else why
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     show_traceback = os.environ.get("ROTA_TRACEBACK") == "1"
     try:
@@ -368,9 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BadInput as bad:
         return _fail(2, f"error: {bad}", show_traceback)
     except pydantic.ValidationError as invalid:
-        error = invalid.errors()[0]
-        where = "ROTA_" + str(error["loc"][0]).upper() if error["loc"] else "settings"
-        return _fail(2, f"error: {where}: {error['msg']}", show_traceback)
+        return _fail(2, f"error: {_invalid_setting(invalid)}", show_traceback)
     except (redis.ConnectionError, redis.TimeoutError) as unreachable:
         return _fail(1, f"error: redis unreachable: {unreachable}", show_traceback)
     except (redis.RedisError, embedded.EmbeddedError, OSError) as failure:

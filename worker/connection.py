@@ -22,9 +22,8 @@ from redis.exceptions import (
 )
 
 from worker import embedded
+from worker.redis_url import cluster_url
 from worker.settings import Settings
-
-CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
 
 def url(settings: Settings) -> str:
@@ -32,14 +31,6 @@ def url(settings: Settings) -> str:
     if settings.redis_url is not None:
         return settings.redis_url.get_secret_value()
     return embedded.ensure(Path(settings.home))
-
-
-def cluster_url(url_: str) -> str | None:
-    """``redis+cluster://h:p`` -> ``redis://h:p`` (what RedisCluster.from_url takes); None for
-    a URL that does not name a cluster."""
-    scheme, sep, rest = url_.partition("://")
-    plain = CLUSTER_SCHEMES.get(scheme.lower()) if sep else None
-    return f"{plain}://{rest}" if plain else None
 
 
 # What a cluster answers while a slot moves or a master fails over (after redis-py's own
