@@ -17,7 +17,7 @@ from typing import NoReturn
 import pydantic
 import redis
 
-from worker import admin, connection, embedded, partitions, words
+from worker import admin, connection, embedded, messages, partitions, words
 from worker.settings import Settings
 
 
@@ -308,6 +308,9 @@ def cmd_send(args: argparse.Namespace, settings: Settings) -> int:
         fields["message_id"] = args.message_id
     if args.text:
         fields["text"] = args.text
+    rejected = messages.check(fields, settings.max_message_bytes)
+    if rejected is not None:  # the worker would only dead-letter it
+        raise BadInput(f"{rejected.error}: {rejected.detail}")
     print(admin.send(connection.connect(settings, decode=True), settings, fields))
     return 0
 
