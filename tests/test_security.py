@@ -134,7 +134,8 @@ def test_worker_refused_by_acl_exits_1_with_one_line_instead_of_retrying(
 
     assert result.returncode == 1, result.stderr
     assert result.stderr.splitlines() == [
-        "rota: error: this user has no permissions to run the 'evalsha' command"
+        "rota: error: redis refused: NOPERM"
+        " this user has no permissions to run the 'evalsha' command"
     ]
 
 

@@ -367,6 +367,15 @@ def _invalid_setting(invalid: pydantic.ValidationError) -> str:
     return f"ROTA_{str(error['loc'][0]).upper()}: {why}" if error["loc"] else why
 
 
+def _runtime_failure(failure: Exception) -> str:
+    refused = connection.refusal(failure)
+    if refused is not None:
+        return f"redis refused: {refused}"  # the server's own code: WRONGPASS, NOPERM ...
+    if isinstance(failure, redis.ConnectionError | redis.TimeoutError):
+        return f"redis unreachable: {failure}"
+    return str(failure)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     show_traceback = os.environ.get("ROTA_TRACEBACK") == "1"
     try:
@@ -379,10 +388,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(2, f"error: {bad}", show_traceback)
     except pydantic.ValidationError as invalid:
         return _fail(2, f"error: {_invalid_setting(invalid)}", show_traceback)
-    except (redis.ConnectionError, redis.TimeoutError) as unreachable:
-        return _fail(1, f"error: redis unreachable: {unreachable}", show_traceback)
     except (redis.RedisError, embedded.EmbeddedError, OSError) as failure:
-        return _fail(1, f"error: {failure}", show_traceback)
+        return _fail(1, f"error: {_runtime_failure(failure)}", show_traceback)
     except KeyboardInterrupt:
         return 130
 

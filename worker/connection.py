@@ -14,8 +14,11 @@ import redis
 from redis.cluster import RedisCluster
 from redis.exceptions import (
     AskError,
+    AuthenticationError,
     ClusterError,
     ConnectionError,
+    NoPermissionError,
+    ResponseError,
     SlotNotCoveredError,
     TimeoutError,
     TryAgainError,
@@ -24,6 +27,12 @@ from redis.exceptions import (
 from worker import embedded
 from worker.redis_url import cluster_url
 from worker.settings import Settings
+
+# Refusals that retrying cannot cure: the credentials (WRONGPASS, NOAUTH) or the ACL (NOPERM).
+# redis-py raises the first two as ConnectionErrors, like an unreachable server, so whoever
+# retries those must ask refusal() first.
+_REFUSALS = ((NoPermissionError, "NOPERM"), (AuthenticationError, "WRONGPASS"))
+_REFUSAL_CODES = ("NOPERM", "NOAUTH", "WRONGPASS")
 
 
 def url(settings: Settings) -> str:
@@ -44,6 +53,21 @@ PASSING_CLUSTER_ERRORS = (
     ConnectionError,
     TimeoutError,
 )
+
+
+def refusal(error: BaseException) -> str | None:
+    """The server's refusal as it sent it (``WRONGPASS invalid username-password pair ...``)
+    when ``error`` is, or was caused by, one that only the operator can cure; else None.
+    RedisCluster wraps what its first connection met in a RedisClusterException."""
+    seen: BaseException | None = error
+    while seen is not None:
+        for kind, code in _REFUSALS:
+            if isinstance(seen, kind):
+                return f"{getattr(seen, 'status_code', None) or code} {seen}"
+        if isinstance(seen, ResponseError) and str(seen).startswith(_REFUSAL_CODES):
+            return str(seen)  # not parsed by redis-py (a reply inside EXEC, a raw pipeline)
+        seen = seen.__cause__
+    return None
 
 
 def is_passing_cluster_error(error: BaseException) -> bool:
