@@ -145,6 +145,11 @@ def build_parser() -> Parser:
     export.add_argument("--account", type=ACCOUNT, action="append", help="only these (repeatable)")
     export.set_defaults(run=cmd_export)
 
+    reindex = commands.add_parser(
+        "reindex", help="list existing accounts, numbers, groups in the index (SCAN; once)"
+    )
+    reindex.set_defaults(run=cmd_reindex)
+
     stats = commands.add_parser("stats", help="streams, pending, dead letters, chats today")
     stats.add_argument("account", type=ACCOUNT, nargs="?", help="also this account's numbers")
     stats.set_defaults(run=cmd_stats)
@@ -233,6 +238,16 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
 
     loaded = config_redis.load(connection.connect(settings, decode=True), args.account)
     print(config.render(loaded), end="")
+    return 0
+
+
+def cmd_reindex(args: argparse.Namespace, settings: Settings) -> int:
+    from worker import index
+
+    found = index.rebuild(connection.connect(settings, decode=True))
+    numbers = sum(len(kinds["number"]) for kinds in found.values())
+    groups = sum(len(kinds["group"]) for kinds in found.values())
+    print(f"indexed: accounts {len(found)}, numbers {numbers}, groups {groups}")
     return 0
 
 

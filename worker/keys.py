@@ -86,6 +86,22 @@ def published(inbound_stream: str) -> str:
     return f"{inbound_stream}:published"
 
 
+def accounts() -> str:
+    """The names of the accounts that have configuration (worker.index): not an account's key,
+    so in a Cluster slot of its own."""
+    return f"{PREFIX}:accounts"
+
+
+def indexed_numbers(account: str) -> str:
+    """The account's numbers that have settings (worker.index)."""
+    return f"{account_prefix(account)}:numbers"
+
+
+def indexed_groups(account: str) -> str:
+    """The account's groups (worker.index)."""
+    return f"{account_prefix(account)}:groups"
+
+
 def account_pattern(account: str) -> str:
     """SCAN pattern for every key of one account (braces are not special in Redis globs)."""
     return f"{account_prefix(account)}:*"

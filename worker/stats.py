@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from worker import admin, chats, clock, keys
+from worker import admin, chats, clock, index
 from worker.settings import Settings
 
 DEAD_SCAN_LIMIT = 100_000  # dead letters read to count them by error
@@ -85,12 +85,7 @@ def account(client: Any, account_name: str) -> dict[str, Any]:
     """One account: chats per user today and, per number, who is eligible and next."""
     now_ms = clock.server_ms(client)  # the day the workers count on
     numbers = {}
-    pattern = keys.account_pattern(account_name)
-    found = sorted(
-        parsed[2]
-        for key in client.scan_iter(match=pattern, count=1000)
-        if (parsed := keys.config_key(key)) is not None and parsed[0] == "number"
-    )
+    found = sorted(index.names(client, [account_name]).get(account_name, {}).get("number", ()))
     for number in found:
         shown = admin.show_number(client, account_name, number)
         if shown is not None:
