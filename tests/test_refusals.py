@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import run_rota
+from tests.redis_cluster import RedisClusterServers
 from tests.redis_server import RedisServer
 from tests.test_security import PASSWORD, readme_acl_line
 
@@ -57,6 +58,10 @@ CAUSES = {
     "keys-not-granted": (f"stranger:{PASSWORD}@", "NOPERM"),
 }
 CASES = [(cause, name) for cause in CAUSES for name in commands(Path())]
+# On a cluster (whose default user has no password, so any password given is wrong): a few
+# commands suffice, the client and the refusal are the same for all.
+ON_CLUSTER = ["worker-burst", "apply", "export", "stats-account", "send"]
+CASES += [("cluster-wrong-password", name) for name in ON_CLUSTER]
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +81,9 @@ def refusing_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisS
 
 @pytest.fixture(scope="module")
 def refused(
-    refusing_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+    refusing_server: RedisServer,
+    redis_cluster: RedisClusterServers,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> dict[tuple[str, str], subprocess.CompletedProcess[str]]:
     """Each command under each refusal, run once, several at a time."""
     config = tmp_path_factory.mktemp("config") / "rota.toml"
@@ -84,8 +91,10 @@ def refused(
     runs = commands(config)
 
     def run(cause: str, name: str) -> subprocess.CompletedProcess[str]:
-        credentials = CAUSES[cause][0]
-        url = f"redis://{credentials}127.0.0.1:{refusing_server.port}/0"
+        if cause == "cluster-wrong-password":
+            url = redis_cluster.url.replace("://", "://nobody:wrong-password@")
+        else:
+            url = f"redis://{CAUSES[cause][0]}127.0.0.1:{refusing_server.port}/0"
         args, env = runs[name]
         try:
             return run_rota(url, *args, **env)
@@ -104,9 +113,13 @@ def test_a_refusal_ends_the_command_with_exit_1_and_one_line_naming_it(
     refused: dict[tuple[str, str], subprocess.CompletedProcess[str]], cause: str, command: str
 ) -> None:
     result = refused[cause, command]
+    code = CAUSES[cause][1] if cause in CAUSES else "WRONGPASS"
 
     assert result.returncode == 1, (result.returncode, result.stderr[-500:])
     assert "Traceback" not in result.stderr
     assert result.stderr.splitlines() == [result.stderr.strip()], result.stderr[-500:]
-    assert result.stderr.startswith(f"rota: error: redis refused: {CAUSES[cause][1]} ")
+    assert result.stderr.startswith("rota: error: ")
+    assert f"redis refused: {code} " in result.stderr
+    if command.startswith("apply") and cause in CAUSES:  # the cluster client fails before
+        assert "; written: none; not written: acme" in result.stderr
     assert result.stdout == ""

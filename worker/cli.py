@@ -16,6 +16,7 @@ from typing import NoReturn
 
 import pydantic
 import redis
+from redis.exceptions import RedisClusterException
 
 from worker import admin, connection, embedded, messages, partitions, words
 from worker.settings import Settings
@@ -403,7 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(2, f"error: {bad}", show_traceback)
     except pydantic.ValidationError as invalid:
         return _fail(2, f"error: {_invalid_setting(invalid)}", show_traceback)
-    except (redis.RedisError, embedded.EmbeddedError, OSError) as failure:
+    except (redis.RedisError, RedisClusterException, embedded.EmbeddedError, OSError) as failure:
         return _fail(1, f"error: {_runtime_failure(failure)}", show_traceback)
     except KeyboardInterrupt:
         return 130

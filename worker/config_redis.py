@@ -33,6 +33,7 @@ from redis.exceptions import RedisClusterException
 
 from worker import index, keys
 from worker.config import AccountConfig, Config, NumberConfig
+from worker.connection import refusal
 from worker.keys import group_name
 
 FLAGS = ("assign_unknown", "online_only")
@@ -77,7 +78,10 @@ class ApplyFailed(redis.RedisError):
     def __init__(self, written: list[str], not_written: list[str], cause: Exception) -> None:
         self.written, self.not_written, self.cause = written, not_written, cause
         reason = (str(cause).splitlines() or [type(cause).__name__])[0]
-        if isinstance(cause, (redis.ConnectionError, redis.TimeoutError)):
+        refused = refusal(cause)
+        if refused is not None:
+            reason = f"redis refused: {refused}"
+        elif isinstance(cause, (redis.ConnectionError, redis.TimeoutError)):
             reason = f"redis unreachable: {reason}"
         super().__init__(
             f"apply stopped at account {not_written[0]} ({reason}); "

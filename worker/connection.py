@@ -18,6 +18,7 @@ from redis.exceptions import (
     ClusterError,
     ConnectionError,
     NoPermissionError,
+    RedisClusterException,
     ResponseError,
     SlotNotCoveredError,
     TimeoutError,
@@ -57,16 +58,15 @@ PASSING_CLUSTER_ERRORS = (
 
 def refusal(error: BaseException) -> str | None:
     """The server's refusal as it sent it (``WRONGPASS invalid username-password pair ...``)
-    when ``error`` is, or was caused by, one that only the operator can cure; else None.
-    RedisCluster wraps what its first connection met in a RedisClusterException."""
-    seen: BaseException | None = error
-    while seen is not None:
-        for kind, code in _REFUSALS:
-            if isinstance(seen, kind):
-                return f"{getattr(seen, 'status_code', None) or code} {seen}"
-        if isinstance(seen, ResponseError) and str(seen).startswith(_REFUSAL_CODES):
-            return str(seen)  # not parsed by redis-py (a reply inside EXEC, a raw pipeline)
-        seen = seen.__cause__
+    when ``error`` is one that only the operator can cure; else None. RedisCluster wraps what
+    its first connection met in a RedisClusterException: that one is looked through."""
+    while isinstance(error, RedisClusterException) and error.__cause__ is not None:
+        error = error.__cause__
+    for kind, code in _REFUSALS:
+        if isinstance(error, kind):
+            return f"{getattr(error, 'status_code', None) or code} {error}"
+    if isinstance(error, ResponseError) and str(error).startswith(_REFUSAL_CODES):
+        return str(error)  # not parsed by redis-py (a reply inside EXEC, a raw pipeline)
     return None
 
 
