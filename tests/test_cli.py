@@ -229,6 +229,35 @@ def test_send_then_worker_burst_publishes_the_decision(
     )
 
 
+@pytest.mark.parametrize(
+    ("extra", "why"),
+    [
+        (["--message-id", "w" * 257], "invalid_field: message_id longer than 256 bytes"),
+        (["--message-id", "é" * 129], "invalid_field: message_id longer than 256 bytes"),
+        (["--text", "x" * 70_000], "too_large: "),
+    ],
+)
+def test_send_refuses_what_the_worker_would_dead_letter(
+    rota: Rota, rd: Any, settings: Settings, extra: list[str], why: str
+) -> None:
+    line = assert_one_line_failure(rota("send", NUMBER, CUSTOMER, *extra), 2)
+
+    assert line.startswith(f"rota: error: {why}"), line
+    assert rd.xlen(settings.inbound_stream) == 0
+
+
+def test_send_accepts_the_longest_message_id_the_worker_decides(
+    rota: Rota, rd: Any, settings: Settings
+) -> None:
+    admin.set_number(rd, "default", NUMBER, members=["alice"], online_only=False)
+    ok(rota("send", NUMBER, CUSTOMER, "--message-id", "w" * 256))
+
+    ok(rota("worker", "--burst"))
+
+    assert [e["message_id"] for e in events(rd, settings)] == ["w" * 256]
+    assert dead(rd, settings) == []
+
+
 def test_dead_list_and_replay_round_trip(rota: Rota, rd: Any, rb: Any, settings: Settings) -> None:
     entry_id = send(rd, settings, CUSTOMER, message_id="w.1")
     assert run_burst(rb, settings) == 0  # the number has no settings yet

@@ -350,6 +350,29 @@ def test_apply_refused_by_one_master_midway_says_which_accounts_were_written(
 
 
 @ON_CLUSTER
+def test_export_stats_and_reindex_find_the_configuration_on_a_cluster(
+    rd: Any, redis_cluster: RedisClusterServers
+) -> None:
+    # Given numbers of two accounts in different slots, one of them written by hand, unindexed
+    url = redis_cluster.url
+    for account in ("acme", "tenant07"):
+        assert run_rota(url, "number", "set", account, NUMBER, "--members", "A").returncode == 0
+    rd.hset(keys.number("tenant07", "15550002000"), mapping={"assign_unknown": 1})
+    # When the configuration is exported, before and after the index is rebuilt from a SCAN
+    before = run_rota(url, "export").stdout
+    reindexed = run_rota(url, "reindex")
+    after = run_rota(url, "export").stdout
+    stats = run_rota(url, "stats", "tenant07")
+    # Then the index finds every account's numbers, and SCAN (of every master) the unindexed
+    assert "[accounts.acme.numbers.15550001000]" in before
+    assert "[accounts.tenant07.numbers.15550001000]" in before
+    assert "15550002000" not in before
+    assert reindexed.stdout == "indexed: accounts 2, numbers 3, groups 0\n", reindexed.stderr
+    assert "[accounts.tenant07.numbers.15550002000]" in after
+    assert '"15550002000"' in stats.stdout, stats.stderr
+
+
+@ON_CLUSTER
 def test_demo_runs_end_to_end_on_a_cluster(rd: Any, redis_cluster: RedisClusterServers) -> None:
     rd.set("rota:{demo}:leftover", "from an earlier run")  # reset scans every master
 

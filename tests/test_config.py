@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -373,3 +374,47 @@ def test_number_set_that_cannot_bump_the_version_writes_nothing(cli: Any, rd: An
     [line] = result.err.splitlines()
     assert line.startswith(f"rota: error: {keys.version(ACCOUNT)} holds 'seven'"), line
     assert rd.exists(keys.number(ACCOUNT, NUMBER), keys.members(ACCOUNT, NUMBER)) == 0
+
+
+def test_reindex_finds_configuration_written_before_the_index(
+    cli: Any, rd: Any, tmp_path: Path
+) -> None:
+    # Given the configuration of CONFIG, and nothing but it: the index of an older version absent
+    cli("apply", str(write(tmp_path, CONFIG)))
+    rd.delete(
+        keys.accounts(),
+        *(keys.indexed_numbers(a) for a in ("acme", "beta.eu")),
+        *(keys.indexed_groups(a) for a in ("acme", "beta.eu")),
+    )
+    assert cli("export").out.strip().splitlines() == [CONFIG.splitlines()[0]]
+    # When the index is rebuilt (by a user who may SCAN; group support is empty: no key)
+    result = cli("reindex")
+    # Then export finds all of it again
+    assert (result.code, result.out) == (0, "indexed: accounts 2, numbers 3, groups 1\n")
+    assert cli("export").out == CONFIG
+
+
+def test_export_and_prune_skip_what_the_index_names_but_is_gone(
+    cli: Any, rd: Any, tmp_path: Path
+) -> None:
+    # Given a number and a group deleted by hand, still in the index
+    admin.set_group(rd, "acme", "old", ["x"])
+    admin.set_number(rd, "acme", "15550001000", members=["A"])
+    admin.set_number(rd, "acme", "15550009999", members=["Z"])
+    rd.delete(keys.group("acme", "old"), keys.number("acme", "15550009999"))
+    # Then export leaves them out, and prune removes them from the index
+    exported = cli("export").out
+    assert "15550009999" not in exported and "old" not in exported
+    assert cli("apply", "--prune", str(write(tmp_path, exported))).code == 0
+    assert rd.smembers(keys.indexed_numbers("acme")) == {"15550001000"}
+
+
+def test_stats_of_an_account_lists_its_indexed_numbers(cli: Any, rd: Any) -> None:
+    admin.set_number(rd, "acme", "15550001000", members=["A"])
+    admin.set_number(rd, "acme", "15550002000", members=["B"])
+    admin.set_number(rd, "other", "15550003000", members=["C"])
+
+    shown = cli("stats", "acme")
+
+    assert shown.code == 0
+    assert sorted(json.loads(shown.out)["account"]["numbers"]) == ["15550001000", "15550002000"]

@@ -89,6 +89,7 @@ def test_everything_runs_as_the_documented_acl_user_with_default_off(
     cli("presence", "set", "acme", "alice", "available")
     cli("owner", "set", "acme", "15550001000", "447700900999", "bob")
     (tmp_path / "rota.toml").write_text(cli("export"))
+    cli("number", "set", "acme", "15550002000", "--members", "dave")  # the file leaves it out
     cli("apply", "--prune", str(tmp_path / "rota.toml"))
     cli("send", "--account", "acme", "15550001000", "447700900001")
     cli("send", "--account", "acme", "15550001000", "447700900999")
@@ -102,6 +103,7 @@ def test_everything_runs_as_the_documented_acl_user_with_default_off(
     assert sender.returncode == 0, sender.stderr
     # Then decisions, inspection and dead-letter commands all worked as that user
     assert '"eligible_now"' in cli("number", "show", "acme", "15550001000")
+    assert rota(monkeypatch, capsys, acl_url, "number", "show", "acme", "15550002000").code == 2
     assert '"unknown_number": 1' in cli("stats", "acme", **hooks)
     assert "unknown_number" in cli("dead", "list")
     assert "replayed 1" in cli("dead", "replay")
@@ -120,6 +122,31 @@ def test_the_acl_user_is_refused_everything_else(acl_server: RedisServer, acl_ur
     assert len(acl_denials(acl_server)) >= 4  # and the server logged each refusal
 
 
+def test_the_acl_user_cannot_list_other_key_names_or_select_another_database(
+    acl_server: RedisServer,
+    acl_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Given another application's keys beside Rota's, in this database and in database 1
+    owner_url = f"redis://owner:owner@127.0.0.1:{acl_server.port}/0"
+    with redis.Redis.from_url(owner_url) as owner:
+        owner.set("billing:{42}:card", "x")
+        owner.execute_command("SELECT", "1")
+        owner.set("rota:{other}:settings", "x")
+    # Then the rota user can neither list key names nor switch databases
+    with redis.Redis.from_url(acl_url) as client:
+        for command in (("SCAN", "0"), ("SCAN", "0", "MATCH", "rota:*"), ("SELECT", "1")):
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                client.execute_command(*command)
+    # And a URL naming database 1 fails with one line saying why
+    other_database = acl_url.removesuffix("/0") + "/1"
+    result = rota(monkeypatch, capsys, other_database, "account", "set", "acme", "--admin", "b")
+    assert result.code == 1
+    assert result.err.startswith("rota: error: redis refused: NOPERM ")
+    assert "'select'" in result.err
+
+
 def test_worker_refused_by_acl_exits_1_with_one_line_instead_of_retrying(
     acl_server: RedisServer, acl_url: str
 ) -> None:
@@ -134,7 +161,8 @@ def test_worker_refused_by_acl_exits_1_with_one_line_instead_of_retrying(
 
     assert result.returncode == 1, result.stderr
     assert result.stderr.splitlines() == [
-        "rota: error: this user has no permissions to run the 'evalsha' command"
+        "rota: error: redis refused: NOPERM"
+        " this user has no permissions to run the 'evalsha' command"
     ]
 
 

@@ -16,8 +16,9 @@ from typing import NoReturn
 
 import pydantic
 import redis
+from redis.exceptions import RedisClusterException
 
-from worker import admin, connection, dead, embedded, partitions, words
+from worker import admin, connection, dead, embedded, messages, partitions, words
 from worker.settings import Settings
 
 
@@ -148,6 +149,11 @@ def build_parser() -> Parser:
     export.add_argument("--account", type=ACCOUNT, action="append", help="only these (repeatable)")
     export.set_defaults(run=cmd_export)
 
+    reindex = commands.add_parser(
+        "reindex", help="list existing accounts, numbers, groups in the index (SCAN; once)"
+    )
+    reindex.set_defaults(run=cmd_reindex)
+
     stats = commands.add_parser("stats", help="streams, pending, dead letters, chats today")
     stats.add_argument("account", type=ACCOUNT, nargs="?", help="also this account's numbers")
     stats.set_defaults(run=cmd_stats)
@@ -239,6 +245,16 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_reindex(args: argparse.Namespace, settings: Settings) -> int:
+    from worker import index
+
+    found = index.rebuild(connection.connect(settings, decode=True))
+    numbers = sum(len(kinds["number"]) for kinds in found.values())
+    groups = sum(len(kinds["group"]) for kinds in found.values())
+    print(f"indexed: accounts {len(found)}, numbers {numbers}, groups {groups}")
+    return 0
+
+
 def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
     from worker import stats
 
@@ -311,6 +327,9 @@ def cmd_send(args: argparse.Namespace, settings: Settings) -> int:
         fields["message_id"] = args.message_id
     if args.text:
         fields["text"] = args.text
+    rejected = messages.check(fields, settings.max_message_bytes)
+    if rejected is not None:  # the worker would only dead-letter it
+        raise BadInput(f"{rejected.error}: {rejected.detail}")
     print(admin.send(connection.connect(settings, decode=True), settings, fields))
     return 0
 
@@ -355,6 +374,22 @@ def _fail(code: int, message: str, show_traceback: bool) -> int:
     return code
 
 
+def _invalid_setting(invalid: pydantic.ValidationError) -> str:
+    """``ROTA_X: why`` (checks of several settings name their variables themselves)."""
+    error = invalid.errors()[0]
+    why = error["msg"].removeprefix("Value error, ")
+    return f"ROTA_{str(error['loc'][0]).upper()}: {why}" if error["loc"] else why
+
+
+def _runtime_failure(failure: Exception) -> str:
+    refused = connection.refusal(failure)
+    if refused is not None:
+        return f"redis refused: {refused}"  # the server's own code: WRONGPASS, NOPERM ...
+    if isinstance(failure, redis.ConnectionError | redis.TimeoutError):
+        return f"redis unreachable: {failure}"
+    return str(failure)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     show_traceback = os.environ.get("ROTA_TRACEBACK") == "1"
     try:
@@ -366,13 +401,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BadInput as bad:
         return _fail(2, f"error: {bad}", show_traceback)
     except pydantic.ValidationError as invalid:
-        error = invalid.errors()[0]
-        where = "ROTA_" + str(error["loc"][0]).upper() if error["loc"] else "settings"
-        return _fail(2, f"error: {where}: {error['msg']}", show_traceback)
-    except (redis.ConnectionError, redis.TimeoutError) as unreachable:
-        return _fail(1, f"error: redis unreachable: {unreachable}", show_traceback)
-    except (redis.RedisError, embedded.EmbeddedError, OSError) as failure:
-        return _fail(1, f"error: {failure}", show_traceback)
+        return _fail(2, f"error: {_invalid_setting(invalid)}", show_traceback)
+    except (redis.RedisError, RedisClusterException, embedded.EmbeddedError, OSError) as failure:
+        return _fail(1, f"error: {_runtime_failure(failure)}", show_traceback)
     except KeyboardInterrupt:
         return 130
 

@@ -24,7 +24,6 @@ configuration: nothing here writes them.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,11 +31,11 @@ from typing import Any
 import redis
 from redis.exceptions import RedisClusterException
 
-from worker import keys
+from worker import index, keys
 from worker.config import AccountConfig, Config, NumberConfig
+from worker.connection import refusal
 from worker.keys import group_name
 
-SCAN_COUNT = 1000
 FLAGS = ("assign_unknown", "online_only")
 NEW_NUMBER = {"assign_unknown": "1", "online_only": "1"}  # the contract's defaults
 MAX_TRIES = 100  # of one transaction whose watched keys keep changing
@@ -79,7 +78,10 @@ class ApplyFailed(redis.RedisError):
     def __init__(self, written: list[str], not_written: list[str], cause: Exception) -> None:
         self.written, self.not_written, self.cause = written, not_written, cause
         reason = (str(cause).splitlines() or [type(cause).__name__])[0]
-        if isinstance(cause, (redis.ConnectionError, redis.TimeoutError)):
+        refused = refusal(cause)
+        if refused is not None:
+            reason = f"redis refused: {refused}"
+        elif isinstance(cause, (redis.ConnectionError, redis.TimeoutError)):
             reason = f"redis unreachable: {reason}"
         super().__init__(
             f"apply stopped at account {not_written[0]} ({reason}); "
@@ -119,23 +121,6 @@ def _number_from(
     )
 
 
-def _names(client: Any, accounts: Collection[str] | None) -> dict[str, dict[str, set[str]]]:
-    """account -> {"settings"|"group"|"number" -> names} for every configuration key."""
-    found: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
-    patterns = (
-        [keys.account_pattern(a) for a in accounts]
-        if accounts is not None
-        else [keys.ALL_ACCOUNTS_PATTERN]
-    )
-    for pattern in patterns:
-        for key in client.scan_iter(match=pattern, count=SCAN_COUNT):
-            parsed = keys.config_key(key)
-            if parsed is not None:
-                kind, account, name = parsed
-                found[account][kind].add(name)
-    return found
-
-
 def load(client: Any, accounts: Collection[str] | None = None) -> Config:
     """The current configuration (of the given accounts, else of all), from a decoding client,
     each account read in one MULTI.
@@ -143,7 +128,7 @@ def load(client: Any, accounts: Collection[str] | None = None) -> Config:
     A group that a number names but that has no users is listed empty, so the result always
     passes ``config.parse`` again."""
     config: Config = {}
-    for account, kinds in sorted(_names(client, accounts).items()):
+    for account, kinds in sorted(index.names(client, accounts).items()):
         pipe = client.pipeline(transaction=True)
         pipe.hget(keys.account_settings(account), "admin")
         groups, numbers = sorted(kinds["group"]), sorted(kinds["number"])
@@ -156,7 +141,7 @@ def load(client: Any, accounts: Collection[str] | None = None) -> Config:
         loaded.groups = {name: next(replies) for name in groups}
         for number in numbers:
             read = _number_from(next(replies), next(replies), next(replies))
-            if read is None:  # removed between the SCAN and the read
+            if read is None:  # removed since the index was read
                 continue
             loaded.numbers[number] = read
             for entry in [*read.members, *read.access]:
@@ -206,7 +191,8 @@ def apply(client: Any, config: Config, prune: bool = False) -> None:
 
 
 def _apply_account(client: Any, account: str, wanted: AccountConfig, prune: bool) -> None:
-    existing = _names(client, [account]).get(account) if prune else None
+    # Unchecked: what the index names but is gone leaves the index too.
+    existing = index.names(client, [account], check=False).get(account) if prune else None
     stale_groups = existing["group"] - set(wanted.groups) if existing else set()
     stale_numbers = existing["number"] - set(wanted.numbers) if existing else set()
 
@@ -236,6 +222,7 @@ def _transact(
     length of each of ``hashes``, unchanged until EXEC (or EXEC fails and it starts again)."""
     version = keys.version(account)
     watched = [*hashes, version] if compiled else list(hashes)
+    index.note_accounts(client, [account])
     with client.pipeline(transaction=True) as pipe:
         for _ in range(MAX_TRIES):
             try:
@@ -291,6 +278,7 @@ def _queue_account(pipe: Any, account: str, admin: str | None) -> None:
 
 
 def _queue_group(pipe: Any, account: str, name: str, users: Sequence[str]) -> None:
+    index.note(pipe, account, groups=[name])
     pipe.delete(keys.group(account, name))
     if users:
         pipe.rpush(keys.group(account, name), *users)
@@ -299,6 +287,7 @@ def _queue_group(pipe: Any, account: str, name: str, users: Sequence[str]) -> No
 def _queue_number(pipe: Any, account: str, number: str, change: NumberChange, new: bool) -> None:
     """Merges ``change`` into the number's keys; a ``new`` number (no settings, or settings
     just deleted) gets the contract's defaults for what the change leaves out."""
+    index.note(pipe, account, numbers=[number])
     fields = {**NEW_NUMBER, **change.fields()} if new else change.fields()
     if fields:
         pipe.hset(keys.number(account, number), mapping=fields)
@@ -315,6 +304,7 @@ def _queue_number(pipe: Any, account: str, number: str, change: NumberChange, ne
 def _queue_prune(pipe: Any, account: str, groups: set[str], numbers: set[str]) -> None:
     """Removes the given groups and numbers' configuration; a pruned number's cursor and owners
     stay, in case it comes back."""
+    index.forget(pipe, account, numbers=numbers, groups=groups)
     for name in groups:
         pipe.delete(keys.group(account, name))
     for number in numbers:

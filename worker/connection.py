@@ -14,17 +14,26 @@ import redis
 from redis.cluster import RedisCluster
 from redis.exceptions import (
     AskError,
+    AuthenticationError,
     ClusterError,
     ConnectionError,
+    NoPermissionError,
+    RedisClusterException,
+    ResponseError,
     SlotNotCoveredError,
     TimeoutError,
     TryAgainError,
 )
 
 from worker import embedded
+from worker.redis_url import cluster_url
 from worker.settings import Settings
 
-CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+# Refusals that retrying cannot cure: the credentials (WRONGPASS, NOAUTH) or the ACL (NOPERM).
+# redis-py raises the first two as ConnectionErrors, like an unreachable server, so whoever
+# retries those must ask refusal() first.
+_REFUSALS = ((NoPermissionError, "NOPERM"), (AuthenticationError, "WRONGPASS"))
+_REFUSAL_CODES = ("NOPERM", "NOAUTH", "WRONGPASS")
 
 
 def url(settings: Settings) -> str:
@@ -32,14 +41,6 @@ def url(settings: Settings) -> str:
     if settings.redis_url is not None:
         return settings.redis_url.get_secret_value()
     return embedded.ensure(Path(settings.home))
-
-
-def cluster_url(url_: str) -> str | None:
-    """``redis+cluster://h:p`` -> ``redis://h:p`` (what RedisCluster.from_url takes); None for
-    a URL that does not name a cluster."""
-    scheme, sep, rest = url_.partition("://")
-    plain = CLUSTER_SCHEMES.get(scheme.lower()) if sep else None
-    return f"{plain}://{rest}" if plain else None
 
 
 # What a cluster answers while a slot moves or a master fails over (after redis-py's own
@@ -53,6 +54,20 @@ PASSING_CLUSTER_ERRORS = (
     ConnectionError,
     TimeoutError,
 )
+
+
+def refusal(error: BaseException) -> str | None:
+    """The server's refusal as it sent it (``WRONGPASS invalid username-password pair ...``)
+    when ``error`` is one that only the operator can cure; else None. RedisCluster wraps what
+    its first connection met in a RedisClusterException: that one is looked through."""
+    while isinstance(error, RedisClusterException) and error.__cause__ is not None:
+        error = error.__cause__
+    for kind, code in _REFUSALS:
+        if isinstance(error, kind):
+            return f"{getattr(error, 'status_code', None) or code} {error}"
+    if isinstance(error, ResponseError) and str(error).startswith(_REFUSAL_CODES):
+        return str(error)  # not parsed by redis-py (a reply inside EXEC, a raw pipeline)
+    return None
 
 
 def is_passing_cluster_error(error: BaseException) -> bool:

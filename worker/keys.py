@@ -92,6 +92,22 @@ def replay_claim(dead_stream: str, dead_id: str) -> str:
     return f"{dead_stream}:replaying:{dead_id}"
 
 
+def accounts() -> str:
+    """The names of the accounts that have configuration (worker.index): not an account's key,
+    so in a Cluster slot of its own."""
+    return f"{PREFIX}:accounts"
+
+
+def indexed_numbers(account: str) -> str:
+    """The account's numbers that have settings (worker.index)."""
+    return f"{account_prefix(account)}:numbers"
+
+
+def indexed_groups(account: str) -> str:
+    """The account's groups (worker.index)."""
+    return f"{account_prefix(account)}:groups"
+
+
 def account_pattern(account: str) -> str:
     """SCAN pattern for every key of one account (braces are not special in Redis globs)."""
     return f"{account_prefix(account)}:*"

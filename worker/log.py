@@ -18,8 +18,8 @@ from worker.settings import Settings
 
 
 def level(settings: Settings) -> int:
-    """The numeric level ROTA_LOG_LEVEL names (unknown names: info)."""
-    return logging.getLevelNamesMapping().get(settings.log_level.upper(), logging.INFO)
+    """The numeric level ROTA_LOG_LEVEL names (Settings accepts known names only)."""
+    return logging.getLevelNamesMapping()[settings.log_level.upper()]
 
 
 def _renderer(settings: Settings) -> Any:

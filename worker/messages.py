@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from worker import words
@@ -76,3 +77,15 @@ def parse(inbound_id: str, fields: Fields, max_bytes: int) -> Message | Rejectio
         return _parse(inbound_id, fields)
     except words.InvalidWord as invalid:
         return Rejection("invalid_field", str(invalid))
+
+
+def check(fields: Mapping[str, str], max_bytes: int) -> Rejection | None:
+    """What the worker would dead-letter the entry for, before it is written (``rota send``):
+    the same checks as ``parse``. The inbound id is not known yet; it only stands in for a
+    missing ``message_id``, which passes."""
+    try:
+        encoded = {name.encode(): value.encode() for name, value in fields.items()}
+    except UnicodeEncodeError:
+        return Rejection("invalid_field", "not UTF-8")
+    parsed = parse("0-0", encoded, max_bytes)
+    return parsed if isinstance(parsed, Rejection) else None

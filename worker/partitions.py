@@ -14,9 +14,12 @@ messages go to ``rota:inbound:6``.
 from __future__ import annotations
 
 import zlib
+from typing import TYPE_CHECKING
 
-from worker.settings import Settings
 from worker.words import DEFAULT_ACCOUNT
+
+if TYPE_CHECKING:  # worker.settings checks its stream names with stream_name
+    from worker.settings import Settings
 
 
 def partition(account: str | bytes, partitions: int) -> int:

@@ -13,12 +13,12 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from redis.exceptions import ConnectionError, NoPermissionError, ResponseError, TimeoutError
+from redis.exceptions import ConnectionError, ResponseError, TimeoutError
 
 from worker import chats, retention, stream, vanished, wire
 from worker.assign import Assigner, Decision
 from worker.clock import Clock, ServerClock
-from worker.connection import is_passing_cluster_error
+from worker.connection import is_passing_cluster_error, refusal
 from worker.log import level
 from worker.lua import Scripts
 from worker.messages import Message, Rejection, parse
@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 
 BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.1, 5.0
 STALE_CONSUMER_IDLE_MS = 3_600_000
-FATAL_REFUSALS = ("NOPERM", "NOAUTH", "WRONGPASS")
 
 
 def default_consumer() -> str:
@@ -117,12 +116,14 @@ class Runner:
         while True:
             try:
                 return action()
-            except (ConnectionError, TimeoutError) as error:
-                self.log.warning("redis unreachable, retrying", error=str(error), retry_in_s=delay)
-            except ResponseError as error:
-                if isinstance(error, NoPermissionError) or str(error).startswith(FATAL_REFUSALS):
+            except (ConnectionError, TimeoutError, ResponseError) as error:
+                if refusal(error) is not None:
                     raise  # credentials or ACL: retrying cannot help, the operator must act
-                if "NOGROUP" in str(error):
+                if not isinstance(error, ResponseError):
+                    self.log.warning(
+                        "redis unreachable, retrying", error=str(error), retry_in_s=delay
+                    )
+                elif "NOGROUP" in str(error):
                     self._recreate_group()
                 else:
                     # Out of memory, a key of the wrong type: nothing was acknowledged, so
@@ -280,7 +281,7 @@ class Runner:
                     self._log_decision(message, outcome)
             elif isinstance(outcome, Rejection):
                 dead.append(dead_letter(entry, outcome.error, outcome.detail))
-            elif isinstance(outcome, NoPermissionError):
+            elif refusal(outcome) is not None:
                 raise outcome  # the ACL, not the message: every message would fail alike
             elif is_passing_cluster_error(outcome):
                 # Not run (a slot mid-migration): left pending, tried again, never poison.

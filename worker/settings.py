@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from typing import Literal, Self
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from worker import redis_url
+from worker.partitions import stream_name
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 class Settings(BaseSettings):
@@ -39,7 +44,7 @@ class Settings(BaseSettings):
 
     consumer: str | None = None  # default: HOSTNAME:PID
     log_format: Literal["auto", "json", "console"] = "auto"
-    log_level: str = "info"
+    log_level: str = "info"  # one of LOG_LEVELS, any case
     metrics_port: int | None = Field(None, ge=0, le=65535)  # unset: no metrics server
     metrics_addr: str = "0.0.0.0"
 
@@ -49,6 +54,41 @@ class Settings(BaseSettings):
     webhook_retries: int = Field(8, ge=0, le=25)
     webhook_backoff_s: int = Field(2, ge=0)  # the first retry's wait; each next one doubles
     webhook_timeout_s: float = Field(10.0, gt=0)
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        if value.lower() not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return value.lower()
+
+    # A model validator, not a field one: its error shows the settings with the URL masked,
+    # where a field validator's would show the URL, password included.
+    @model_validator(mode="after")
+    def _redis_url_usable(self) -> Self:
+        if self.redis_url is None:
+            return self
+        url = self.redis_url.get_secret_value()
+        found = "is empty; unset it for the embedded Redis" if not url else redis_url.problem(url)
+        if found is not None:
+            raise ValueError(f"ROTA_REDIS_URL {found}")
+        return self
+
+    @model_validator(mode="after")
+    def _one_stream_per_role(self) -> Self:
+        """A dead stream that is also the inbound one feeds every bad entry back to the
+        workers, which dead-letter it again, without end."""
+        count = self.inbound_partitions
+        inbound = (stream_name(self.inbound_stream, i, count) for i in range(count))
+        roles = dict.fromkeys(inbound, "ROTA_INBOUND_STREAM")
+        for variable, name in (
+            ("ROTA_EVENTS_STREAM", self.events_stream),
+            ("ROTA_DEAD_STREAM", self.dead_stream),
+        ):
+            if name in roles:
+                raise ValueError(f"{variable} {name!r} is also the stream of {roles[name]}")
+            roles[name] = variable
+        return self
 
     @model_validator(mode="after")
     def _webhook_signed(self) -> Self:

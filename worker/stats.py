@@ -9,7 +9,7 @@ from collections import Counter
 from dataclasses import replace
 from typing import Any
 
-from worker import admin, backlog, chats, clock, keys
+from worker import admin, backlog, chats, clock, index
 from worker.backlog import Backlog, text
 from worker.settings import Settings
 
@@ -117,12 +117,7 @@ def account(client: Any, account_name: str) -> dict[str, Any]:
     """One account: chats per user today and, per number, who is eligible and next."""
     now_ms = clock.server_ms(client)  # the day the workers count on
     numbers = {}
-    pattern = keys.account_pattern(account_name)
-    found = sorted(
-        parsed[2]
-        for key in client.scan_iter(match=pattern, count=1000)
-        if (parsed := keys.config_key(key)) is not None and parsed[0] == "number"
-    )
+    found = sorted(index.names(client, [account_name]).get(account_name, {}).get("number", ()))
     for number in found:
         shown = admin.show_number(client, account_name, number)
         if shown is not None:
