@@ -55,8 +55,12 @@ class RedisServer:
             "127.0.0.1",
             "--dir",
             str(self.directory),
+            # Persistence on, as a worker expects (it warns when off), at little cost: at most
+            # one snapshot an hour, and one at SIGTERM. A test's own ``--save ""`` turns it
+            # off. Two arguments: Redis 6.2 reads "3600 1" as one, and as no save point.
             "--save",
-            "",
+            "3600",
+            "1",
             "--logfile",
             str(self.directory / "redis.log"),
             *self.config,

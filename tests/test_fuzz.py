@@ -257,6 +257,7 @@ def test_hostile_entries_never_crash_a_worker_and_each_is_decided_or_dead_letter
     allowed = {f"{keys.account_prefix(a)}:".encode() for a in ACCOUNTS}
     streams = {b"rota:inbound", b"rota:assignments", b"rota:dead"}
     streams.add(keys.published("rota:inbound").encode())  # where a lost group starts again
+    streams.add(keys.accounts().encode())  # the index of configured accounts
     strays = [
         key
         for key in rb.scan_iter(count=1_000)

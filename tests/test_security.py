@@ -36,8 +36,10 @@ def readme_acl_line() -> list[str]:
 
 @pytest.fixture
 def acl_server(server_factory: Callable[..., RedisServer]) -> Iterator[RedisServer]:
-    """A server with the README's ``rota`` user, an ``owner`` to inspect it, no default user."""
-    server = server_factory()
+    """A server with the README's ``rota`` user, an ``owner`` to inspect it, no default user;
+    its append-only file on, as production runs it (with it off, a worker would ask CONFIG GET
+    for the snapshot points, which that user is refused)."""
+    server = server_factory("--appendonly", "yes")
     with server.client() as owner:
         owner.execute_command("ACL", "SETUSER", *readme_acl_line())
         owner.execute_command("ACL", "SETUSER", "owner", "on", ">owner", "~*", "&*", "+@all")

@@ -182,7 +182,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from worker.runner import handle_signals
 
     log = logger(settings)
-    client = connection.connect(settings)
+    client = connection.connect(settings, blocking=True)
     metrics = Metrics()
     metrics.watch(StreamGauges(client, settings))
     runner = make_runner(client, settings, log, metrics=metrics)
@@ -256,10 +256,11 @@ def cmd_reindex(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
-    from worker import stats
+    from worker import redis_setup, stats
 
     client = connection.connect(settings, decode=True)
     shown = stats.streams(client, settings)
+    shown["redis"] = redis_setup.describe(client)
     if settings.webhook_url:
         from worker.webhook import Webhooks
 

@@ -11,19 +11,25 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.exceptions import (
     AskError,
     AuthenticationError,
+    BusyLoadingError,
     ClusterError,
     ConnectionError,
+    MasterDownError,
     NoPermissionError,
+    OutOfMemoryError,
+    ReadOnlyError,
     RedisClusterException,
     ResponseError,
     SlotNotCoveredError,
     TimeoutError,
     TryAgainError,
 )
+from redis.retry import Retry
 
 from worker import embedded
 from worker.redis_url import cluster_url
@@ -43,9 +49,10 @@ def url(settings: Settings) -> str:
     return embedded.ensure(Path(settings.home))
 
 
-# What a cluster answers while a slot moves or a master fails over (after redis-py's own
-# retries): the command was not run, and may succeed later. MOVED is an AskError, CLUSTERDOWN
-# a ClusterError, "TTL exhausted" (redirections or TRYAGAIN without end) a ClusterError.
+# What a cluster answers while a slot moves or a master fails over (after redis-py has followed
+# redirections and waited out TRYAGAIN for about half a second): the command was not run, and
+# may succeed later. MOVED is an AskError, CLUSTERDOWN a ClusterError, "TTL exhausted"
+# (redirections or TRYAGAIN without end) a ClusterError.
 PASSING_CLUSTER_ERRORS = (
     TryAgainError,
     AskError,
@@ -74,21 +81,61 @@ def is_passing_cluster_error(error: BaseException) -> bool:
     return isinstance(error, PASSING_CLUSTER_ERRORS)
 
 
+# Error replies about the server's state, not about the command or its keys: out of memory, a
+# script running too long, loading its data, a replica, writes stopped after a failed save, too
+# few replicas. The same command succeeds once Redis is well again.
+SERVER_REFUSALS = frozenset(
+    {"OOM", "BUSY", "LOADING", "READONLY", "MASTERDOWN", "MISCONF", "NOREPLICAS"}
+)
+# redis-py strips the code off the errors it has a class for.
+_REFUSAL_CLASSES = (
+    (OutOfMemoryError, "OOM"),
+    (BusyLoadingError, "LOADING"),
+    (ReadOnlyError, "READONLY"),
+    (MasterDownError, "MASTERDOWN"),
+)
+
+
+def server_refusal(error: BaseException) -> str | None:
+    """The code of an error about Redis rather than the command (see SERVER_REFUSALS)."""
+    for kind, code in _REFUSAL_CLASSES:
+        if isinstance(error, kind):
+            return code
+    text = str(error)
+    code = text.partition(" ")[0]
+    if code not in SERVER_REFUSALS:
+        # Redis 6.2 wraps an error raised inside a script: "Error running script ...: -OOM ..."
+        _, wrapped, inner = text.partition(": -")
+        code = inner.partition(" ")[0] if wrapped else ""
+    return code if code in SERVER_REFUSALS else None
+
+
 def is_cluster(client: Any) -> bool:
     """Whether the client (or pipeline) talks to a Redis Cluster."""
     return isinstance(client, RedisCluster)
 
 
-def connect(settings: Settings, decode: bool = False) -> Any:
-    # The socket timeout stays above the blocking read's, else the client times out mid-block.
+def no_retry() -> Retry:
+    """redis-py retries nothing: a command fails after one try, within the timeouts, and the
+    caller decides (the worker's loop backs off; a command exits 1). Its own retries (redis-py
+    6 and newer retry several times by default) would multiply every wait."""
+    return Retry(NoBackoff(), 0)
+
+
+def connect(settings: Settings, decode: bool = False, blocking: bool = False) -> Any:
+    """``blocking``: for the worker, whose reads wait up to ROTA_BLOCK_MS for new entries; its
+    socket timeout is that much longer, else the client would time out mid-block."""
+    wait_s = settings.socket_timeout_s + (settings.block_ms / 1000 if blocking else 0)
     options: dict[str, Any] = {
         "decode_responses": decode,
-        "socket_timeout": settings.block_ms / 1000 + 5,
-        "socket_connect_timeout": 5,
+        "socket_timeout": wait_s,
+        "socket_connect_timeout": settings.socket_connect_timeout_s,
         "health_check_interval": 30,
+        "retry": no_retry(),
     }
     address = url(settings)
     seed = cluster_url(address)
     if seed is not None:
+        # Redirections (MOVED, ASK) and TRYAGAIN are still followed: they are not retries.
         return RedisCluster.from_url(seed, **options)
     return redis.Redis.from_url(address, **options)

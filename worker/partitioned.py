@@ -66,6 +66,11 @@ class PartitionedRunner:
         names = [lane.settings.inbound_stream for lane in self.lanes]
         self.log.info("worker started", burst=burst, streams=names)
         for lane in self.lanes:
+            lane._burst = burst
+        first = self.lanes[0]  # every lane talks to the same Redis: checked once
+        if first._with_retry(first._check_server) is None:
+            return 1
+        for lane in self.lanes:
             lane._with_retry(lane._prepare)
         block = min(self.settings.partition_block_ms, self.settings.block_ms)
         while self.stop_requested_at is None:

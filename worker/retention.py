@@ -49,8 +49,10 @@ def acknowledged_up_to(client: Any, stream: str, group: dict[str, Any]) -> Strea
     last = parse_id(group["last-delivered-id"])
     if int(group["pending"]) == 0:
         return last
-    oldest = parse_id(client.xpending(stream, group["name"])["min"])
-    return min(last, before(oldest))
+    oldest = client.xpending(stream, group["name"])["min"]
+    if oldest is None:  # acknowledged since XINFO GROUPS: all up to ``last`` then
+        return last
+    return min(last, before(parse_id(oldest)))
 
 
 def sweep(client: Any, settings: Settings, now_ms: int) -> StreamId | None:

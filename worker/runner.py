@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from redis.exceptions import ConnectionError, ResponseError, TimeoutError
 
-from worker import chats, retention, stream, vanished, wire
+from worker import chats, redis_setup, retention, stream, vanished, wire
 from worker.assign import Assigner, Decision
 from worker.clock import Clock, ServerClock
-from worker.connection import is_passing_cluster_error, refusal
+from worker.connection import is_passing_cluster_error, refusal, server_refusal
 from worker.log import level
 from worker.lua import Scripts
 from worker.messages import Message, Rejection, parse
@@ -82,6 +82,8 @@ class Runner:
         self.assigner = Assigner(self.scripts, settings.dedup_window_s)
         self.claimer = stream.Claimer(settings, self.consumer)
         self.stop_requested_at: float | None = None
+        self._burst = False  # a burst gives up on a failing Redis after the shutdown budget
+        self._held: list[Entry] = []  # refused by Redis (out of memory...): tried again first
         self._claim_every_s = min(max(settings.claim_idle_ms / 4000, 0.01), 5.0)
         self._next_claim = 0.0
         self._next_sweep = 0.0
@@ -93,7 +95,10 @@ class Runner:
 
     def run(self, burst: bool = False) -> int:
         """0 after a clean stop (or a drained burst); 1 when the shutdown budget ran out."""
+        self._burst = burst
         self.log.info("worker started", burst=burst, stream=self.settings.inbound_stream)
+        if self._with_retry(self._check_server) is None:
+            return 1  # Redis never answered, and the budget ran out
         if self._with_retry(self._prepare) is None:
             return 1  # stopped before Redis ever answered, and the budget ran out
         block = None if burst else self.settings.block_ms
@@ -111,9 +116,13 @@ class Runner:
         return 0
 
     def _with_retry(self, action: Any) -> Any:
-        """Runs the action until Redis answers; None when a stop's budget ran out meanwhile."""
+        """Runs the action until Redis answers, backing off between tries; None when the
+        shutdown budget ran out meanwhile (see _budget_left). The only retry layer: the client
+        tries each command once."""
         delay = BACKOFF_FIRST_S
+        failing_since: float | None = None
         while True:
+            attempt = time.monotonic()
             try:
                 return action()
             except (ConnectionError, TimeoutError, ResponseError) as error:
@@ -125,23 +134,38 @@ class Runner:
                     )
                 elif "NOGROUP" in str(error):
                     self._recreate_group()
+                elif (cause := server_refusal(error)) is not None:
+                    # About Redis, not the entries: they are held, their count untouched.
+                    self.log.error(
+                        "redis refused, backing off",
+                        refusal=cause,
+                        error=str(error),
+                        held=len(self._held),
+                        retry_in_s=delay,
+                    )
                 else:
-                    # Out of memory, a key of the wrong type: nothing was acknowledged, so
-                    # retrying loses nothing and the log says why.
+                    # A key of the wrong type, say: nothing was acknowledged, so retrying
+                    # loses nothing and the log says why.
                     self.log.error("redis refused a command, retrying", error=str(error))
-            left = self._budget_left()
+            failing_since = attempt if failing_since is None else failing_since
+            left = self._budget_left(failing_since)
             if left <= 0:
                 self.log.error("shutdown budget spent while redis was unreachable")
                 return None
             time.sleep(min(delay, left))  # a backoff never outlasts the budget
             delay = min(delay * 2, BACKOFF_MAX_S)
 
-    def _budget_left(self) -> float:
-        """Seconds a requested stop may still spend retrying; infinite while running."""
-        started = self.stop_requested_at
-        if started is None:
-            return math.inf
-        return self.settings.shutdown_budget_s - (time.monotonic() - started)
+    def _budget_left(self, failing_since: float) -> float:
+        """Seconds left to retry: after a stop request, the shutdown budget from the request;
+        in a burst, which nobody may be there to stop, the budget from the first failed try
+        too; otherwise infinite."""
+        now, budget = time.monotonic(), self.settings.shutdown_budget_s
+        left = math.inf
+        if self.stop_requested_at is not None:
+            left = budget - (now - self.stop_requested_at)
+        if self._burst:
+            left = min(left, budget - (now - failing_since))
+        return left
 
     def _recreate_group(self) -> None:
         with contextlib.suppress(ConnectionError, TimeoutError, ResponseError):
@@ -159,6 +183,10 @@ class Runner:
                 stream=self.settings.inbound_stream,
                 after=created_at,
             )
+
+    def _check_server(self) -> bool:
+        redis_setup.check(self.client, self.settings, self.log)
+        return True
 
     def _prepare(self) -> bool:
         self.clock.sync_if_due()
@@ -196,16 +224,24 @@ class Runner:
         """One batch, reading new entries blocking at most ``block`` ms (None: not at all);
         True when nothing was left to do: nothing new, nothing old to claim."""
         self.clock.sync_if_due()  # before reading: a failed TIME strands no entry read
+        if self._held:
+            held, self._held = self._held, []
+            self._handle(held)
+            return False
         if time.monotonic() >= self._next_sweep:
             self._sweep()
-        if time.monotonic() >= self._next_claim and self._claim():
-            return False
-        entries = stream.read_new(self.link, self.settings, self.consumer, block, self._acks)
+        claimed = None
+        if time.monotonic() >= self._next_claim:
+            claimed = self._claim()
+        # While claiming still finds entries, new ones are read between its batches, without
+        # waiting: a backlog drains at the speed of new entries.
+        wait = None if claimed else block
+        entries = stream.read_new(self.link, self.settings, self.consumer, wait, self._acks)
         self._acks = []
         if entries:
             self._handle(entries)
             return False
-        return not self._claim()
+        return not (claimed if claimed is not None else self._claim())
 
     def _flush_acks(self) -> None:
         stream.ack(self.link, self.settings, self._acks)
@@ -217,16 +253,18 @@ class Runner:
         retention.sweep(self.client, self.settings, self.clock.now_ms())
 
     def _claim(self) -> bool:
-        """Takes over what idle consumers left (on a timer, not every batch: XPENDING walks
-        the pending list); True when there was something to take."""
+        """Takes over what idle consumers left, a batch at a time, decided like new entries;
+        True when there was something to take. The next claim is due at once while there
+        was, else on a timer (XPENDING walks the pending list)."""
         claimed = self.claimer.claim(self.client)
-        self._next_claim = time.monotonic() + self._claim_every_s
+        found = bool(claimed.poison or claimed.retry or claimed.vanished or claimed.more)
+        self._next_claim = time.monotonic() + (0 if found else self._claim_every_s)
         if claimed.poison or claimed.retry:
             self.metrics.claimed.inc(len(claimed.poison) + len(claimed.retry))
+        self._handle(claimed.retry)  # first: if Redis refuses it, these are held
         self._bury(claimed.poison)
         self._settle(claimed.vanished)
-        self._handle(claimed.retry)
-        return bool(claimed.poison or claimed.retry or claimed.vanished or claimed.more)
+        return found
 
     def _bury(self, poison: Sequence[Entry]) -> None:
         if not poison:
@@ -258,8 +296,31 @@ class Runner:
         )
 
     def _handle(self, entries: Sequence[Entry]) -> None:
+        """Decides and publishes a batch (acknowledged with the next read). What Redis refused
+        to decide or publish (out of memory, ...) or could not be sent (Redis away) is held, to
+        be tried again first once _with_retry has backed off, without counting a delivery: the
+        failure was not the entries'."""
         if not entries:
             return
+        try:
+            refused = self._decide_and_publish(entries)
+        except (ConnectionError, TimeoutError):
+            self._held = list(entries)  # Redis away: nothing to put back, nothing published
+            raise
+        except ResponseError as error:
+            if server_refusal(error) is None:
+                raise
+            refused = (list(entries), error)  # the publish: all of it again (at least once)
+        if refused is not None:
+            self._held, held_refusal = refused
+            stream.defer(self.client, self.settings, self.consumer, self._held)
+            raise held_refusal
+
+    def _decide_and_publish(
+        self, entries: Sequence[Entry]
+    ) -> tuple[list[Entry], ResponseError] | None:
+        """Publishes what was decided or rejected; the entries Redis refused to decide, with
+        the first refusal, or None."""
         valid: list[tuple[Entry, Message]] = []
         dead: list[dict[Any, Any]] = []
         done: list[str] = []
@@ -274,6 +335,8 @@ class Runner:
         outcomes = self.assigner.decide(self.link, [m for _, m in valid], now)
         decided: list[tuple[Record, Decision]] = []
         deferred: list[Entry] = []
+        refused: list[Entry] = []
+        held_refusal: ResponseError | None = None
         for (entry, message), outcome in zip(valid, outcomes, strict=True):
             if isinstance(outcome, Decision):
                 decided.append((Record.of(message, outcome), outcome))
@@ -290,6 +353,10 @@ class Runner:
                 )
                 deferred.append(entry)
                 continue
+            elif isinstance(outcome, ResponseError) and server_refusal(outcome) is not None:
+                refused.append(entry)
+                held_refusal = held_refusal or outcome
+                continue
             else:
                 # Left pending: claimed again later, and dead-lettered as poison in the end.
                 self.log.error("decision failed", inbound_id=entry.inbound_id, error=str(outcome))
@@ -300,6 +367,7 @@ class Runner:
         self._publish(len(entries), records, dead, done, now, new)
         if deferred:
             stream.defer(self.client, self.settings, self.consumer, deferred)
+        return (refused, held_refusal) if held_refusal is not None else None
 
     def _publish(
         self,

@@ -19,6 +19,10 @@ class Settings(BaseSettings):
     # A secret: the URL may carry the password (rediss://rota:PASSWORD@host:6380/0).
     redis_url: SecretStr | None = None  # unset: the embedded Redis under ROTA_HOME
     home: str = ".rota"  # the embedded Redis's folder
+    # The client's only limits on waiting: redis-py retries nothing (the worker's loop retries).
+    socket_connect_timeout_s: float = Field(5.0, gt=0)
+    socket_timeout_s: float = Field(5.0, gt=0)  # a worker adds ROTA_BLOCK_MS: its reads block
+    allow_eviction: bool = False  # run on a Redis whose maxmemory-policy may evict keys
 
     inbound_stream: str = "rota:inbound"
     # > 1: the inbound stream is split into rota:inbound:0 .. :N-1 (worker.partitions)
