@@ -1,11 +1,15 @@
 """Rota's benchmark: one run, on one redis-server of its own, printed as a Markdown table.
 
 Parts (the machine is shared, so each figure is set against a baseline measured in the same run):
+  0 null     the stream work alone: 2 processes XREADGROUP a batch, XADD an event per entry and
+             XACK, no decision: what Rota's decisions are measured against
   1 ceiling  redis-benchmark calling lua/assign.lua (EVALSHA) for new customers
   2 e2e      messages already on rota:inbound, drained by 1, then 2, `rota worker --burst`
   3 latency  2 workers, a producer paced at 5,000 msg/s, XADD -> decision on rota:assignments
   4 peers    one rq job per message; client-side round robin over a list (as Chatwoot does)
   5 scale    10 vs 1,000 members; Redis memory per known customer
+  6 night    the night shift: 1,000 members of whom one is available, at full load and one
+             message at a time, against 8 members all available
 
 Run it as ``scripts/bench [--quick] [--only PART] [--json FILE]``: progress on stderr, the table
 on stdout; exit 0 when every part ran (whatever the targets say), 1 when a check failed.
@@ -48,7 +52,7 @@ if str(ROOT) not in sys.path:
 
 from tests.redis_server import RedisServer  # noqa: E402
 from worker import admin, keys  # noqa: E402
-from worker.assign import Assigner  # noqa: E402
+from worker.assign import Assigner, Decision  # noqa: E402
 from worker.clock import local_ms as now_ms  # noqa: E402
 from worker.lua import Scripts  # noqa: E402
 from worker.messages import Message  # noqa: E402
@@ -75,14 +79,20 @@ RQ_QUEUE = "rota-bench"
 PEER_LIST = f"bench:chatwoot:{{{ACCOUNT}}}:round_robin:{NUMBER}"
 PEER_OWNERS = f"bench:chatwoot:{{{ACCOUNT}}}:owners:{NUMBER}"
 
-TARGET_E2E = 0.8  # 2 workers >= 0.8 x ceiling
+TARGET_E2E = 0.7  # 2 workers >= 0.7 x the null pipeline's msg/s
+TARGET_REDIS_CPU = 2.0  # Redis CPU per message <= 2 x the null pipeline's
+TARGET_NIGHT = 2.0  # 1,000 members, 1 available <= 2 x the time per message of 8 available
 TARGET_P99_MS = 5.0
 TARGET_PEER = 20.0  # Rota >= 20 x the client-side peer
 TARGET_SCALE = 3.0  # 1,000 members <= 3 x the time of 10
 TARGET_BYTES = 100.0  # Redis per known customer
 
-PART_NAMES = {"1": "ceiling", "2": "e2e", "3": "latency", "4": "peers", "5": "scale"}
-NEEDS = {"2": ("1",), "4": ("1", "2")}  # the baselines a part's ratios are taken against
+PART_NAMES = {
+    "0": "null", "1": "ceiling", "2": "e2e", "3": "latency", "4": "peers", "5": "scale",
+    "6": "night",
+}  # fmt: skip
+# the baselines a part's ratios are taken against
+NEEDS = {"2": ("0", "1"), "4": ("0", "1", "2")}
 
 
 class BenchError(Exception):
@@ -99,12 +109,14 @@ class Sizes:
     peer: int  # client-side round robin messages, over both processes (part 4b)
     scale: int  # redis-benchmark requests for each of 10 and 1,000 members (part 5)
     memory: int  # new customers decided before measuring memory (part 5)
+    night: int  # messages for the night shift at full load (part 6)
+    single: int  # messages decided one at a time, for each case (part 6)
 
 
 # A forking rq job costs ~50 ms on a 2-core VM, and 1,000 members may cost ~1 ms a decision
 # (they did before the rotation was compiled): those counts keep the full run within ~5 minutes.
-FULL = Sizes(200_000, 200_000, 20.0, 5_000, 1_000, 20_000, 50_000, 1_000_000)
-QUICK = Sizes(20_000, 20_000, 3.0, 5_000, 100, 4_000, 5_000, 50_000)
+FULL = Sizes(200_000, 200_000, 20.0, 5_000, 1_000, 20_000, 50_000, 1_000_000, 50_000, 2_000)
+QUICK = Sizes(20_000, 20_000, 3.0, 5_000, 100, 4_000, 5_000, 50_000, 5_000, 300)
 
 
 @dataclass
@@ -141,6 +153,7 @@ class Bench:
     children: list[subprocess.Popen[bytes]] = field(default_factory=list)
     logs: dict[int, Path] = field(default_factory=dict)  # pid -> its output
     scripts: Any = None  # worker.lua.Scripts, read once: the source may change during a run
+    null: Null | None = None  # part 0
     ceiling: float | None = None  # decisions/s, part 1
     rota2: float | None = None  # msg/s with 2 workers, part 2
     worker_rss_mib: float | None = None
@@ -178,14 +191,16 @@ def users(count: int) -> list[str]:
     return [f"agent{i:04d}" for i in range(count)]
 
 
-def fresh(bench: Bench, members: int) -> None:
-    """An empty database with one number of ``members`` available users."""
+def fresh(bench: Bench, members: int, available: int | None = None) -> None:
+    """An empty database with one number of ``members`` users, the last ``available`` of them
+    (all by default) available and the others away."""
     bench.rb.flushall()
     admin.set_account(bench.rd, ACCOUNT, ADMIN)
     admin.set_number(bench.rd, ACCOUNT, NUMBER, members=users(members))
+    away = members - (members if available is None else available)
     pipe = bench.rd.pipeline(transaction=False)
-    for user in users(members):
-        admin.set_presence(pipe, ACCOUNT, user, "available")
+    for i, user in enumerate(users(members)):
+        admin.set_presence(pipe, ACCOUNT, user, "away" if i < away else "available")
     pipe.execute()
 
 
@@ -343,6 +358,62 @@ def spread(client: Any, owners_key: str, members: int) -> Spread:
     return Spread(min(per_user), max(per_user), statistics.pstdev(per_user))
 
 
+# ---------------------------------------------------------------- 0: the null pipeline
+
+BATCH: int = _default("batch_size")
+
+
+@dataclass(frozen=True)
+class Null:
+    per_s: float  # messages / wall time from spawn until the last process exits
+    redis_cpu_us: float  # Redis CPU (INFO cpu) per message
+
+
+def null_consumer(url: str, name: str) -> None:
+    """The worker's stream work without the decision: read a batch, publish an event of the
+    decision's size per entry, acknowledge; redis-py pipelines, as a plain client would."""
+    client: Any = redis.Redis.from_url(url)
+    while True:
+        reply = client.xreadgroup(GROUP, name, {INBOUND: ">"}, count=BATCH)
+        if not reply or not reply[0][1]:
+            return
+        entries = reply[0][1]
+        pipe = client.pipeline(transaction=False)
+        for entry_id, fields in entries:
+            event = {**fields, b"user": b"agent0001", b"reason": b"round_robin"}
+            pipe.xadd(EVENTS, {**event, b"at": b"1700000000000", b"inbound_id": entry_id})
+        pipe.xack(INBOUND, GROUP, *(entry_id for entry_id, _ in entries))
+        pipe.execute()
+
+
+def part_null(bench: Bench) -> None:
+    count = bench.sizes.e2e
+    fresh(bench, 8)
+    push(bench, count, "wamid.null")
+    bench.rb.xgroup_create(INBOUND, GROUP, id="0")
+    log(f"0 null: {count:,} messages, {WORKERS} processes: XREADGROUP {BATCH}, XADD, XACK")
+    ctx = mp.get_context("spawn")  # a fresh interpreter, as a worker process starts
+    redis_before, start = redis_cpu_s(bench.rb), time.perf_counter()
+    procs = [
+        ctx.Process(target=null_consumer, args=(bench.server.url, f"null-{i}"), daemon=True)
+        for i in range(WORKERS)
+    ]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(600)
+    wall = time.perf_counter() - start
+    check(all(p.exitcode == 0 for p in procs), "a null pipeline process failed")
+    verify_drained(bench, count)
+    result = Null(count / wall, (redis_cpu_s(bench.rb) - redis_before) * 1e6 / count)
+    bench.null = result
+    figure = f"null pipeline, {WORKERS} processes (spawn to exit), {count:,} msgs"
+    bench.report.add("0 null", figure, f"{result.per_s:,.0f} msg/s", "baseline")
+    cpu = f"{result.redis_cpu_us:.1f} µs"
+    bench.report.add("0 null", "  Redis CPU per message (INFO cpu)", cpu, "baseline")
+    bench.report.figures["null"] = asdict(result)
+
+
 # ---------------------------------------------------------------- 1 and 5: assign.lua alone
 
 
@@ -412,6 +483,7 @@ def part_ceiling(bench: Bench) -> None:
 @dataclass(frozen=True)
 class Drain:
     workers: int
+    messages: int
     per_s: float  # messages / wall time from spawn until the last process exits
     wall_s: float
     busy_per_s: float  # messages / time from the first to the last decision (no start-up)
@@ -438,11 +510,14 @@ def verify_drained(bench: Bench, count: int) -> None:
     check(pending == 0 and dead == 0, f"{pending} pending, {dead} dead letters")
 
 
-def drain(bench: Bench, workers: int) -> Drain:
-    count = bench.sizes.e2e
-    fresh(bench, 8)
+def drain(
+    bench: Bench, workers: int, members: int = 8, available: int | None = None, count: int = 0
+) -> Drain:
+    """``count`` (default: the e2e size) messages on the stream, drained by burst workers."""
+    count = count or bench.sizes.e2e
+    fresh(bench, members, available)
     push(bench, count, f"wamid.e2e{workers}")
-    log(f"2 e2e: {count:,} messages on {INBOUND}, {workers} x rota worker --burst")
+    log(f"e2e: {count:,} messages on {INBOUND}, {members:,} members, {workers} x rota worker")
     redis_before, machine_before = redis_cpu_s(bench.rb), machine_busy_s()
     start = time.perf_counter()
     procs = spawn_workers(bench, workers, burst=True, tag=f"e2e{workers}")
@@ -454,18 +529,20 @@ def drain(bench: Bench, workers: int) -> Drain:
     busy = count / decision_span_s(bench.rb)
     redis = redis_cpu_s(bench.rb) - redis_before
     worker_cpu, rss_mib = sum(sampled.cpu_s.values()), sampled.peak_kib / 1024
-    return Drain(workers, count / wall, wall, busy, rss_mib, worker_cpu, redis, machine)
+    return Drain(workers, count, count / wall, wall, busy, rss_mib, worker_cpu, redis, machine)
 
 
 def add_drain(bench: Bench, result: Drain, judged: bool) -> None:
-    ratio = result.per_s / bench.ceiling if bench.ceiling else None
-    versus = f"{ratio:.2f}x ceiling" if ratio is not None else "n/a"
+    null = bench.null.per_s if bench.null else None
+    ratio = result.per_s / null if null else None
+    of_ceiling = f", {result.per_s / bench.ceiling:.2f}x ceiling" if bench.ceiling else ""
+    versus = (f"{ratio:.2f}x null" if ratio is not None else "n/a") + of_ceiling
     plural = "s" if result.workers > 1 else ""
-    figure = f"{result.workers} rota worker{plural} --burst, {bench.sizes.e2e:,} msgs"
+    figure = f"{result.workers} rota worker{plural} --burst, {result.messages:,} msgs"
     value = f"{result.per_s:,.0f} msg/s"
     if judged:
         ok = ratio is not None and ratio >= TARGET_E2E
-        bench.report.judge("2 end to end", figure, value, versus, f"≥ {TARGET_E2E}x ceiling", ok)
+        bench.report.judge("2 end to end", figure, value, versus, f"≥ {TARGET_E2E}x null", ok)
     else:
         bench.report.add("2 end to end", figure, value, versus)
     cpu = f"{result.wall_s:.1f} s; workers {result.worker_cpu_s:.1f} s, "
@@ -474,9 +551,26 @@ def add_drain(bench: Bench, result: Drain, judged: bool) -> None:
     bench.report.add("2 end to end", "  wall time (spawn to exit); CPU used in it", cpu)
     busy = f"{result.busy_per_s:,.0f} msg/s"
     bench.report.add("2 end to end", "  first to last decision (no start-up)", busy)
+    add_redis_cpu(bench, result, judged)
     if ratio is not None:
-        bench.report.ratios.append(f"Rota {result.workers} worker{plural} / ceiling: {ratio:.2f}x")
+        bench.report.ratios.append(f"Rota {result.workers} worker{plural} / null: {ratio:.2f}x")
     bench.report.figures[f"e2e_{result.workers}"] = asdict(result)
+
+
+def add_redis_cpu(bench: Bench, result: Drain, judged: bool) -> None:
+    per_message = result.redis_cpu_s * 1e6 / result.messages
+    value, figure = f"{per_message:.1f} µs", "  Redis CPU per message (INFO cpu)"
+    if bench.null is None:
+        bench.report.add("2 end to end", figure, value)
+        return
+    ratio = per_message / bench.null.redis_cpu_us
+    versus, target = f"{ratio:.2f}x null", f"≤ {TARGET_REDIS_CPU:g}x null"
+    if judged:
+        ok = ratio <= TARGET_REDIS_CPU
+        bench.report.judge("2 end to end", figure, value, versus, target, ok)
+        bench.report.ratios.append(f"Redis CPU per message, Rota / null: {ratio:.2f}x")
+    else:
+        bench.report.add("2 end to end", figure, value, versus)
 
 
 def part_e2e(bench: Bench) -> None:
@@ -857,10 +951,80 @@ def add_memory(bench: Bench, mem: Memory) -> None:
     report.figures["memory"] = asdict(mem)
 
 
+# ---------------------------------------------------------------- 6: the night shift
+
+NIGHT_MEMBERS = 1_000
+
+
+@dataclass(frozen=True)
+class Single:
+    wall_us: float  # one message decided alone: the worker's call, round trip included
+    redis_us: float  # Redis time per message (commandstats: the decision script's calls)
+
+
+def one_at_a_time(bench: Bench, members: int, available: int | None) -> Single:
+    """Messages decided one per call, as an idle worker decides them."""
+    fresh(bench, members, available)
+    assigner, count = Assigner(bench.scripts, DEDUP_WINDOW_S), bench.sizes.single
+    messages = [
+        Message(f"0-{i}", ACCOUNT, NUMBER, str(CUSTOMER_BASE + i), f"wamid.one.{i}")
+        for i in range(count + 1)
+    ]
+    assigner.decide(bench.rb, messages[:1], now_ms())  # compiles the rotation
+    bench.rb.config_resetstat()
+    start = time.perf_counter()
+    for message in messages[1:]:
+        [outcome] = assigner.decide(bench.rb, [message], now_ms())
+        check(isinstance(outcome, Decision), f"not decided: {outcome!r}")
+    wall = time.perf_counter() - start
+    # A script's time includes the commands it calls (counted under their own names too).
+    stats = bench.rb.info("commandstats").get("cmdstat_evalsha", {})
+    return Single(wall * 1e6 / count, int(stats.get("usec", 0)) / count)
+
+
+def part_night(bench: Bench) -> None:
+    count, report = bench.sizes.night, bench.report
+    log(f"6 night: {NIGHT_MEMBERS:,} members, 1 available, vs 8 available, {count:,} msgs")
+    day = drain(bench, WORKERS, 8, None, count)
+    night = drain(bench, WORKERS, NIGHT_MEMBERS, 1, count)
+    owners = set(bench.rb.hvals(keys.owners(ACCOUNT, NUMBER)))
+    check(owners == {users(NIGHT_MEMBERS)[-1].encode()}, f"night shift owners: {owners}")
+    day_us, night_us = 1e6 / day.busy_per_s, 1e6 / night.busy_per_s
+    ratio = night_us / day_us
+    figure = f"time per message, 8 members all available, {WORKERS} workers, {count:,} msgs"
+    report.add("6 night", figure, f"{day_us:.1f} µs", "baseline")
+    figure = f"time per message, {NIGHT_MEMBERS:,} members, 1 available"
+    goal = f"≤ {TARGET_NIGHT:g}x"
+    report.judge(
+        "6 night", figure, f"{night_us:.1f} µs", f"{ratio:.2f}x", goal, ratio <= TARGET_NIGHT
+    )
+    report.ratios.append(f"night shift / day, time per message at full load: {ratio:.2f}x")
+    add_redis_cpu_pair(bench, day, night)
+    alone_day, alone_night = one_at_a_time(bench, 8, None), one_at_a_time(bench, NIGHT_MEMBERS, 1)
+    for name, alone in (
+        ("8 available", alone_day),
+        (f"{NIGHT_MEMBERS:,}, 1 available", alone_night),
+    ):
+        value = f"{alone.wall_us:.0f} µs ({alone.redis_us:.1f} in Redis)"
+        report.add("6 night", f"  one message at a time (batch of 1), {name}", value)
+    report.figures["night"] = {
+        "day": asdict(day), "night": asdict(night),
+        "alone_day": asdict(alone_day), "alone_night": asdict(alone_night),
+    }  # fmt: skip
+
+
+def add_redis_cpu_pair(bench: Bench, day: Drain, night: Drain) -> None:
+    day_us, night_us = (d.redis_cpu_s * 1e6 / d.messages for d in (day, night))
+    value = f"{day_us:.1f} → {night_us:.1f} µs"
+    ratio = f"{night_us / day_us:.2f}x"
+    bench.report.add("6 night", "  Redis CPU per message, day → night", value, ratio)
+
+
 # ---------------------------------------------------------------- running and printing
 
 PARTS: dict[str, Callable[[Bench], None]] = {
-    "1": part_ceiling, "2": part_e2e, "3": part_latency, "4": part_peers, "5": part_scale,
+    "0": part_null, "1": part_ceiling, "2": part_e2e, "3": part_latency, "4": part_peers,
+    "5": part_scale, "6": part_night,
 }  # fmt: skip
 
 
