@@ -54,8 +54,8 @@ from tests.redis_server import RedisServer  # noqa: E402
 from worker import admin, keys  # noqa: E402
 from worker.assign import Assigner, Decision  # noqa: E402
 from worker.clock import local_ms as now_ms  # noqa: E402
-from worker.lua import Scripts  # noqa: E402
 from worker.messages import Message  # noqa: E402
+from worker.scripts import Scripts  # noqa: E402
 from worker.settings import Settings  # noqa: E402
 
 
@@ -152,7 +152,7 @@ class Bench:
     report: Report
     children: list[subprocess.Popen[bytes]] = field(default_factory=list)
     logs: dict[int, Path] = field(default_factory=dict)  # pid -> its output
-    scripts: Any = None  # worker.lua.Scripts, read once: the source may change during a run
+    scripts: Any = None  # worker.scripts.Scripts, read once: the source may change during a run
     null: Null | None = None  # part 0
     ceiling: float | None = None  # decisions/s, part 1
     rota2: float | None = None  # msg/s with 2 workers, part 2
@@ -758,7 +758,7 @@ import time
 from rq import get_current_job
 
 from worker.assign import Assigner, Decision
-from worker.lua import Scripts
+from worker.scripts import Scripts
 from worker.messages import Message
 from worker.record import Record
 

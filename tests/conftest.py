@@ -45,8 +45,9 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
 
 @pytest.fixture(params=["system", "embedded"])
 def each_build(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RedisServer]:
-    """A fresh server of each build: the system's redis-server (CI: 7) and the embedded
-    default's (6.2), for commands whose behaviour changed between them."""
+    """A fresh server of each build: the system's redis-server (CI: Redis 7, or
+    TEST_REDIS_SERVER) and the embedded default's valkey-server, for commands whose behaviour
+    differs between versions."""
     server = str(embedded.server_binary()) if request.param == "embedded" else None
     started = RedisServer(tmp_path / request.param, server=server).start()
     yield started

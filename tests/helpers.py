@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from worker import admin, keys, lua, partitions
+from worker import admin, keys, partitions, scripts
 from worker.log import logger
 from worker.partitioned import make_runner
 from worker.settings import Settings
@@ -104,10 +104,10 @@ def given_decisions_of_account_fail(monkeypatch: pytest.MonkeyPatch, account: st
     """Every decision of ``account`` fails inside assign.lua, as a fault of the script would.
     (Hand-edited data can no longer make it fail: that is dead-lettered as invalid_data.)
     Holds for Runners built after this in the test's process and workers forked from it."""
-    real = lua.source
+    real = scripts.source
     guard = f"if string.find(KEYS[1], '{{{account}}}', 1, true) then error('injected fault') end\n"
     monkeypatch.setattr(
-        lua, "source", lambda name: (guard if name == "assign" else "") + real(name)
+        scripts, "source", lambda name: (guard if name == "assign" else "") + real(name)
     )
 
 

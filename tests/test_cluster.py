@@ -34,8 +34,8 @@ from tests.redis_cluster import RedisClusterServers, SlotMover, owner
 from worker import admin, connection, keys, partitions
 from worker import dead as dead_letters
 from worker.assign import Assigner
-from worker.lua import Scripts
 from worker.messages import Message
+from worker.scripts import Scripts
 from worker.settings import Settings
 
 ON_CLUSTER = pytest.mark.parametrize("backend", ["cluster"], indirect=True)  # rd, rb: cluster

@@ -19,7 +19,7 @@ from tests.helpers import (
 from tests.redis_server import RedisServer
 from worker import runner as runner_module
 from worker import stream
-from worker.lua import Scripts
+from worker.scripts import Scripts
 from worker.settings import Settings
 
 STREAM, GROUP = "rota:inbound", "rota"

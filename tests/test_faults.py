@@ -36,8 +36,8 @@ from tests.helpers import (
 from tests.redis_server import RedisServer, free_port
 from worker import runner as runner_module
 from worker.log import logger
-from worker.lua import source
 from worker.runner import Runner
+from worker.scripts import source
 from worker.settings import Settings
 from worker.words import mask
 

@@ -27,8 +27,8 @@ from tests.helpers import (
 from worker import admin, keys, presence
 from worker.assign import Assigner, Decision
 from worker.clock import local_ms as now_ms
-from worker.lua import Scripts, source
 from worker.messages import Message, Rejection
+from worker.scripts import Scripts, source
 from worker.settings import Settings
 
 CUSTOMER, OTHER, THIRD = "447700900001", "447700900002", "447700900003"

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from worker import admin, keys, rules
 from worker.assign import Assigner, Decision
 from worker.clock import local_ms as now_ms
-from worker.lua import Scripts
 from worker.messages import Message
+from worker.scripts import Scripts
 
 ACCOUNT, NUMBER = "acme", "15550001000"
 USERS = ["ann", "bob", "cy", "dee", "eve"]

@@ -20,8 +20,8 @@ from tests.helpers import (
 from worker import admin, keys
 from worker.assign import Assigner, Decision
 from worker.clock import local_ms as now_ms
-from worker.lua import Scripts
 from worker.messages import Message, parse
+from worker.scripts import Scripts
 from worker.settings import Settings
 
 pytestmark = ON_SINGLE_AND_CLUSTER  # every rule, on one redis-server and on a 3-master cluster

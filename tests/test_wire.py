@@ -8,8 +8,8 @@ import hiredis
 
 from tests.helpers import ACCOUNT, NUMBER
 from worker.assign import Assigner
-from worker.lua import Scripts
 from worker.messages import Message
+from worker.scripts import Scripts
 
 NOW = 1_700_000_000_000
 

@@ -10,9 +10,9 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from worker import keys, wire
 from worker.connection import is_cluster
-from worker.lua import Scripts
 from worker.messages import Message, Rejection
 from worker.record import REASONS
+from worker.scripts import Scripts
 
 # A number whose groups change between our calls again and again is retried this often.
 MAX_ATTEMPTS = 4

@@ -24,8 +24,8 @@ from redis.crc import key_slot
 
 from worker import keys, partitions
 from worker.connection import is_cluster
-from worker.lua import Scripts
 from worker.messages import Fields
+from worker.scripts import Scripts
 from worker.settings import Settings
 from worker.words import mask
 

@@ -20,10 +20,10 @@ from worker.assign import Assigner, Decision
 from worker.clock import Clock, ServerClock
 from worker.connection import is_passing_cluster_error, refusal, server_refusal
 from worker.log import level
-from worker.lua import Scripts
 from worker.messages import Message, Rejection, parse
 from worker.metrics import Metrics
 from worker.record import Record
+from worker.scripts import Scripts
 from worker.settings import Settings
 from worker.stream import Entry
 from worker.words import mask
