@@ -3,7 +3,7 @@
 Parts (the machine is shared, so each figure is set against a baseline measured in the same run):
   0 null     the stream work alone: 2 processes XREADGROUP a batch, XADD an event per entry and
              XACK, no decision: what Rota's decisions are measured against
-  1 ceiling  redis-benchmark calling lua/assign.lua (EVALSHA) for new customers
+  1 ceiling  redis-benchmark calling lua/decide.lua (EVALSHA) for new customers
   2 e2e      messages already on rota:inbound, drained by 1, then 2, `rota worker --burst`
   3 latency  2 workers, a producer paced at 5,000 msg/s, XADD -> decision on rota:assignments
   4 peers    one rq job per message; client-side round robin over a list (as Chatwoot does)
@@ -54,6 +54,7 @@ from tests.redis_server import RedisServer  # noqa: E402
 from worker import admin, keys  # noqa: E402
 from worker.assign import Assigner, Decision  # noqa: E402
 from worker.clock import local_ms as now_ms  # noqa: E402
+from worker.connection import transport  # noqa: E402
 from worker.messages import Message  # noqa: E402
 from worker.scripts import Scripts  # noqa: E402
 from worker.settings import Settings  # noqa: E402
@@ -414,7 +415,7 @@ def part_null(bench: Bench) -> None:
     bench.report.figures["null"] = asdict(result)
 
 
-# ---------------------------------------------------------------- 1 and 5: assign.lua alone
+# ---------------------------------------------------------------- 1 and 5: decide.lua alone
 
 
 @dataclass(frozen=True)
@@ -427,10 +428,11 @@ class Ceiling:
 
 def assign_command(bench: Bench) -> list[str]:
     """EVALSHA with the KEYS and ARGV the worker would send; customer and message id random."""
-    sha = bench.rb.script_load(bench.scripts.assign.script)
+    bench.rb.script_load(bench.scripts.decide.script)
     message = Message("0-0", ACCOUNT, NUMBER, customer=RAND, message_id=RAND)
-    script_keys, args = Assigner(bench.scripts, DEDUP_WINDOW_S).call(message, now_ms())
-    return ["EVALSHA", sha, str(len(script_keys)), *map(str, script_keys), *map(str, args)]
+    assigner = Assigner(bench.scripts, DEDUP_WINDOW_S)
+    [call] = assigner.calls([message], now_ms())
+    return [str(part) for part in assigner.command(call)]
 
 
 def redis_benchmark(bench: Bench, requests: int, command: Sequence[str]) -> float:
@@ -449,7 +451,7 @@ def redis_benchmark(bench: Bench, requests: int, command: Sequence[str]) -> floa
 
 
 def decisions(bench: Bench, members: int, requests: int) -> Ceiling:
-    """redis-benchmark on assign.lua; checks that the calls decided new customers."""
+    """redis-benchmark on decide.lua; checks that the calls decided new customers."""
     fresh(bench, members)
     command = assign_command(bench)
     bench.rb.config_resetstat()
@@ -465,10 +467,10 @@ def decisions(bench: Bench, members: int, requests: int) -> Ceiling:
 
 def part_ceiling(bench: Bench) -> None:
     count = bench.sizes.ceiling
-    log(f"1 ceiling: redis-benchmark, assign.lua, 8 members, {count:,} new customers")
+    log(f"1 ceiling: redis-benchmark, decide.lua, 8 members, {count:,} new customers")
     result = decisions(bench, 8, count)
     bench.ceiling = result.per_s
-    figure = f"assign.lua by redis-benchmark, 8 members, -c {CLIENTS} -P {PIPELINE}, {count:,} req"
+    figure = f"decide.lua by redis-benchmark, 8 members, -c {CLIENTS} -P {PIPELINE}, {count:,} req"
     bench.report.add("1 ceiling", figure, f"{result.per_s:,.0f} decisions/s", "baseline")
     server = f"{result.server_us:.1f} µs"
     bench.report.add("1 ceiling", "  Redis time per EVALSHA (commandstats)", server)
@@ -751,13 +753,14 @@ def add_latency(bench: Bench, in_order: Sequence[float], pacing: Pacing) -> None
 # and put on the rq workers' path): the forking worker imports it anew in every job's child, so
 # it must not drag this harness along.
 RQ_MODULE = "rota_bench_job"
-RQ_JOB_SOURCE = '''"""One rq job per inbound message: decided by assign.lua (through Assigner)."""
+RQ_JOB_SOURCE = '''"""One rq job per inbound message: decided by decide.lua (through Assigner)."""
 
 import time
 
 from rq import get_current_job
 
 from worker.assign import Assigner, Decision
+from worker.connection import transport
 from worker.scripts import Scripts
 from worker.messages import Message
 from worker.record import Record
@@ -768,7 +771,7 @@ def decide(account, number, customer, message_id, window_s, events_stream):
     client = job.connection
     message = Message(job.id, account, number, customer, message_id)
     now = time.time_ns() // 1_000_000
-    outcome = Assigner(Scripts(client), window_s).decide(client, [message], now)[0]
+    outcome = Assigner(Scripts(client), window_s).decide(transport(client), [message], now)[0]
     if not isinstance(outcome, Decision):
         raise RuntimeError(f"not decided: {outcome!r}")
     client.xadd(events_stream, Record.of(message, outcome).to_fields())
@@ -970,11 +973,12 @@ def one_at_a_time(bench: Bench, members: int, available: int | None) -> Single:
         Message(f"0-{i}", ACCOUNT, NUMBER, str(CUSTOMER_BASE + i), f"wamid.one.{i}")
         for i in range(count + 1)
     ]
-    assigner.decide(bench.rb, messages[:1], now_ms())  # compiles the rotation
+    link = transport(bench.rb)
+    assigner.decide(link, messages[:1], now_ms())  # compiles the rotation
     bench.rb.config_resetstat()
     start = time.perf_counter()
     for message in messages[1:]:
-        [outcome] = assigner.decide(bench.rb, [message], now_ms())
+        [outcome] = assigner.decide(link, [message], now_ms())
         check(isinstance(outcome, Decision), f"not decided: {outcome!r}")
     wall = time.perf_counter() - start
     # A script's time includes the commands it calls (counted under their own names too).

@@ -101,13 +101,13 @@ def fields_of(account: str = ACCOUNT, number: str = NUMBER, **extra: str) -> dic
 
 
 def given_decisions_of_account_fail(monkeypatch: pytest.MonkeyPatch, account: str) -> None:
-    """Every decision of ``account`` fails inside assign.lua, as a fault of the script would.
+    """Every decision of ``account`` fails inside decide.lua, as a fault of the script would.
     (Hand-edited data can no longer make it fail: that is dead-lettered as invalid_data.)
     Holds for Runners built after this in the test's process and workers forked from it."""
     real = scripts.source
     guard = f"if string.find(KEYS[1], '{{{account}}}', 1, true) then error('injected fault') end\n"
     monkeypatch.setattr(
-        scripts, "source", lambda name: (guard if name == "assign" else "") + real(name)
+        scripts, "source", lambda name: (guard if name == "decide" else "") + real(name)
     )
 
 

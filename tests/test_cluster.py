@@ -110,10 +110,10 @@ def test_every_key_of_a_decision_is_in_its_accounts_slot() -> None:
     assigner._groups[(ACCOUNT, NUMBER)] = ("sales", "night")  # as after a "!groups" reply
     message = Message("1-0", ACCOUNT, NUMBER, "447700900001", "wamid.1")
 
-    script_keys, _ = assigner.call(message, 1_700_000_000_000)
+    [call] = assigner.calls([message], 1_700_000_000_000)
 
-    assert len(script_keys) == 15
-    assert {key_slot(key.encode()) for key in script_keys} == {key_slot(b"{acme}")}
+    assert len(call.keys) == 15
+    assert {key_slot(key.encode()) for key in call.keys} == {key_slot(b"{acme}")}
 
 
 # --- Accounts over masters -----------------------------------------------------------------

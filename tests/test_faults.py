@@ -71,7 +71,7 @@ def test_worker_reloads_script_after_script_flush_and_goes_on(
     assert cursor(rd) == 10_000
     assert rd.xlen("rota:dead") == 0
     assert rd.info("errorstats")["errorstat_NOSCRIPT"]["count"] > 0, "it did meet NOSCRIPT"
-    assert rd.script_exists(hashlib.sha1(source("assign").encode()).hexdigest()) == [True]
+    assert rd.script_exists(hashlib.sha1(source("decide").encode()).hexdigest()) == [True]
 
 
 # --- Poison --------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from tests.helpers import (
 from worker import admin, keys, presence
 from worker.assign import Assigner, Decision
 from worker.clock import local_ms as now_ms
+from worker.connection import transport
 from worker.messages import Message, Rejection
 from worker.scripts import Scripts, source
 from worker.settings import Settings
@@ -70,15 +71,15 @@ def test_rotation_broken_with_its_stamp_kept_is_rebuilt_and_the_cursor_moves_onc
     given_number(rd, ["alice", "bob", "carol"], online_only=online_only)
     given_presence(rd, alice="available", bob="available", carol="available")
     decider = assigner(rb)
-    assert decider.decide(rb, [message(CUSTOMER, "m1")], NOW) == [
+    assert decider.decide(transport(rb), [message(CUSTOMER, "m1")], NOW) == [
         Decision("alice", "round_robin", NOW)
     ]
     stamp = rb.get(keys.compiled(ACCOUNT, NUMBER))
     BREAK_ROTATION[damage](rb, keys.rotation(ACCOUNT, NUMBER))
 
     # When the next messages come
-    second = decider.decide(rb, [message(OTHER, "m2")], NOW)
-    third = decider.decide(rb, [message(THIRD, "m3")], NOW)
+    second = decider.decide(transport(rb), [message(OTHER, "m2")], NOW)
+    third = decider.decide(transport(rb), [message(THIRD, "m3")], NOW)
 
     # Then they are decided as if nothing happened, and the cursor moved once for each
     assert second == [Decision("bob", "round_robin", NOW)]
@@ -94,7 +95,7 @@ def test_allowed_broken_with_its_stamp_kept_is_rebuilt(rd: Any, rb: Any, damage:
     given_number(rd, ["alice", "bob", "carol"], access=["alice", "bob"], online_only=False)
     admin.set_owner(rd, ACCOUNT, NUMBER, CUSTOMER, "bob")
     decider = assigner(rb)
-    assert decider.decide(rb, [message(OTHER, "m1")], NOW) == [
+    assert decider.decide(transport(rb), [message(OTHER, "m1")], NOW) == [
         Decision("alice", "round_robin", NOW)
     ]
     allowed = keys.allowed(ACCOUNT, NUMBER)
@@ -103,7 +104,9 @@ def test_allowed_broken_with_its_stamp_kept_is_rebuilt(rd: Any, rb: Any, damage:
         rb.rpush(allowed, "bob")
 
     # When the customer writes again, then bob, who may still use the number, keeps them
-    assert decider.decide(rb, [message(CUSTOMER, "m2")], NOW) == [Decision("bob", "owner", NOW)]
+    assert decider.decide(transport(rb), [message(CUSTOMER, "m2")], NOW) == [
+        Decision("bob", "owner", NOW)
+    ]
     assert rd.smembers(allowed) == {"alice", "bob"}
     assert cursor(rb) == 1
 
@@ -158,7 +161,7 @@ def test_hand_edited_key_the_script_cannot_use_is_invalid_data_with_nothing_writ
     given_number_with_broken_key(rd, rb, case)
     before = snapshot(rb)
 
-    (outcome,) = assigner(rb).decide(rb, [message(CUSTOMER, "m1")], NOW)
+    (outcome,) = assigner(rb).decide(transport(rb), [message(CUSTOMER, "m1")], NOW)
 
     assert isinstance(outcome, Rejection), outcome
     assert outcome.error == "invalid_data"
@@ -265,8 +268,8 @@ def test_the_decision_is_remembered_in_a_form_no_user_id_can_break(rd: Any, rb: 
     rd.incr(keys.version(ACCOUNT))
     decider = assigner(rb)
 
-    first = decider.decide(rb, [message(CUSTOMER, "m1")], NOW)
-    again = decider.decide(rb, [message(CUSTOMER, "m1")], NOW + 1_000)
+    first = decider.decide(transport(rb), [message(CUSTOMER, "m1")], NOW)
+    again = decider.decide(transport(rb), [message(CUSTOMER, "m1")], NOW + 1_000)
 
     assert first == again == [Decision("ali|ce", "round_robin", NOW)]
     record = rd.hget(keys.dedup(ACCOUNT, NOW // 86_400_000), f"{NUMBER}:m1")
@@ -289,7 +292,9 @@ def test_a_decision_remembered_in_the_format_before_json_is_repeated(
     rd.hset(keys.dedup(ACCOUNT, NOW // 86_400_000 - 1), f"{NUMBER}:m1", record)
 
     # Then it is the message's decision, and nothing moves
-    assert assigner(rb).decide(rb, [message(CUSTOMER, "m1")], NOW) == [Decision(user, reason, at)]
+    assert assigner(rb).decide(transport(rb), [message(CUSTOMER, "m1")], NOW) == [
+        Decision(user, reason, at)
+    ]
     assert cursor(rb) == 0
 
 
@@ -303,7 +308,7 @@ def test_a_remembered_decision_that_cannot_be_read_is_invalid_data(
     rd.hset(keys.dedup(ACCOUNT, NOW // 86_400_000), f"{NUMBER}:m1", record)
     before = snapshot(rb)
 
-    (outcome,) = assigner(rb).decide(rb, [message(CUSTOMER, "m1")], NOW)
+    (outcome,) = assigner(rb).decide(transport(rb), [message(CUSTOMER, "m1")], NOW)
 
     assert isinstance(outcome, Rejection), outcome
     assert outcome.error == "invalid_data"
@@ -323,18 +328,30 @@ def test_a_remembered_decision_that_cannot_be_read_is_invalid_data(
         "{1, 2, 3, 4}",
         "{'!groups', 7}",
         "{'!invalid_data'}",
+        # the shapes of one entry's reply, inside the call's reply
+        "{{'alice'}}",
+        "{{'alice', 'bogus', '1', '1'}}",
+        "{{'alice', 'owner', 'soon', '1'}}",
+        "{{'alice', 'owner', '1', '1', 'extra'}}",
+        "{{'!invalid_data'}}",
+        "{{'!groups', 'sales'}}",
+        "{{1, 2, 3, 4}}",
+        "{7}",
+        "{{'alice', 'owner', '1', '1'}, {'bob', 'owner', '1', '1'}}",
     ],
 )
 def test_a_script_reply_of_unexpected_shape_is_a_failed_decision_not_a_crash(
     rb: Any, reply: str
 ) -> None:
     scripts = Scripts(rb)
-    scripts.assign = rb.register_script(f"return {reply}")
+    scripts.decide = rb.register_script(f"return {reply}")
 
-    (outcome,) = Assigner(scripts, dedup_window_s=86_400).decide(rb, [message(CUSTOMER, "m1")], NOW)
+    (outcome,) = Assigner(scripts, dedup_window_s=86_400).decide(
+        transport(rb), [message(CUSTOMER, "m1")], NOW
+    )
 
     assert isinstance(outcome, Exception), outcome
-    assert "assign.lua replied" in str(outcome)
+    assert "decide.lua replied" in str(outcome)
 
 
 # --- 12. Presence as the CRM writes it -----------------------------------------------------
@@ -394,7 +411,9 @@ def test_a_megabyte_presence_value_is_unavailable_and_never_read_into_the_script
 
     # When 200 messages are decided, one call each
     started = time.perf_counter()
-    outcomes = [decider.decide(rb, [message(f"4477{i:08d}", f"m{i}")], NOW) for i in range(200)]
+    outcomes = [
+        decider.decide(transport(rb), [message(f"4477{i:08d}", f"m{i}")], NOW) for i in range(200)
+    ]
     elapsed = time.perf_counter() - started
 
     # Then every one goes to the one available user, far faster than copying 9 MB each time
@@ -404,6 +423,6 @@ def test_a_megabyte_presence_value_is_unavailable_and_never_read_into_the_script
 
 
 def test_the_script_and_python_agree_on_how_long_a_status_may_be() -> None:
-    found = re.search(r"^local MAX_STATUS_BYTES = (\d+)$", source("assign"), re.MULTILINE)
+    found = re.search(r"^local MAX_STATUS_BYTES = (\d+)$", source("decide"), re.MULTILINE)
     assert found is not None
     assert int(found[1]) == presence.MAX_STATUS_BYTES

@@ -1,4 +1,4 @@
-"""assign.lua against worker.rules: random numbers, random steps, the same decisions throughout."""
+"""decide.lua against worker.rules: random numbers, random steps, the same decisions throughout."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from worker import admin, keys, rules
 from worker.assign import Assigner, Decision
 from worker.clock import local_ms as now_ms
+from worker.connection import transport
 from worker.messages import Message
 from worker.scripts import Scripts
 
@@ -73,7 +74,9 @@ def set_presence(rd: Any, state: rules.NumberState, user: str, status: str | Non
         state.presence[user] = status
 
 
-def given_number_state(rd: Any, number: dict[str, Any]) -> rules.NumberState:
+def given_number_state(
+    rd: Any, number: dict[str, Any], number_id: str = NUMBER
+) -> rules.NumberState:
     for name, group_users in number["groups"].items():
         admin.set_group(rd, ACCOUNT, name, group_users)
     number_admin = {"number": "night-boss", "both": "night-boss"}.get(number["admin"])
@@ -82,7 +85,7 @@ def given_number_state(rd: Any, number: dict[str, Any]) -> rules.NumberState:
     admin.set_number(
         rd,
         ACCOUNT,
-        NUMBER,
+        number_id,
         members=number["members"],
         access=number["access"],
         assign_unknown=number["assign_unknown"],
@@ -90,7 +93,7 @@ def given_number_state(rd: Any, number: dict[str, Any]) -> rules.NumberState:
         admin=number_admin,
     )
     if number["cursor"]:
-        rd.set(keys.cursor(ACCOUNT, NUMBER), number["cursor"])
+        rd.set(keys.cursor(ACCOUNT, number_id), number["cursor"])
     state = rules.NumberState(
         members=list(number["members"]),
         access=set(number["access"]),
@@ -107,8 +110,8 @@ def given_number_state(rd: Any, number: dict[str, Any]) -> rules.NumberState:
     return state
 
 
-def stored_cursor(rd: Any) -> int:
-    return int(rd.get(keys.cursor(ACCOUNT, NUMBER)) or 0)
+def stored_cursor(rd: Any, number_id: str = NUMBER) -> int:
+    return int(rd.get(keys.cursor(ACCOUNT, number_id)) or 0)
 
 
 @settings(
@@ -145,7 +148,7 @@ def test_script_decides_as_the_rules_model(
         elif kind == "repeat" and sent:
             message, first = sent[args[0] % len(sent)]
             cursor_before = stored_cursor(rd)
-            assert assigner.decide(rb, [message], now + step_no) == [first], step_no
+            assert assigner.decide(transport(rb), [message], now + step_no) == [first], step_no
             event("repeat")
             assert stored_cursor(rd) == cursor_before == state.cursor
         elif kind == "message":
@@ -155,7 +158,7 @@ def test_script_decides_as_the_rules_model(
             event(f"reason {expected.reason}")
             rules.apply(state, customer, expected)
 
-            (outcome,) = assigner.decide(rb, [message], now + step_no)
+            (outcome,) = assigner.decide(transport(rb), [message], now + step_no)
 
             assert isinstance(outcome, Decision), outcome
             assert (outcome.user, outcome.reason) == (expected.user, expected.reason), step_no
@@ -164,3 +167,190 @@ def test_script_decides_as_the_rules_model(
             stored_owner = rd.hget(keys.owners(ACCOUNT, NUMBER), customer)
             assert stored_owner == state.owners.get(customer), step_no
             sent.append((message, outcome))
+
+
+# --- Batches: one script call per number decides every message the batch holds for it ---------
+
+OTHER_NUMBER = "15550002000"
+NUMBERS = [NUMBER, OTHER_NUMBER]
+# A batch entry: a new message of a customer on a number, or a message sent before again
+# (an index into what was sent, maybe earlier in the same batch).
+batch_entries = st.one_of(
+    st.tuples(st.just("new"), st.sampled_from(NUMBERS), st.sampled_from(CUSTOMERS)),
+    st.tuples(st.just("again"), st.integers(0, 40)),
+)
+BATCH_STEPS = {
+    **{kind: STEPS[kind] for kind in ("presence", "members", "group")},
+    "owner": st.tuples(
+        st.just("owner"),
+        st.sampled_from(NUMBERS),
+        st.sampled_from(CUSTOMERS),
+        st.sampled_from(USERS + ADMINS),
+    ),
+    "batch": st.tuples(st.just("batch"), st.lists(batch_entries, min_size=1, max_size=12)),
+}
+BATCH_KINDS = ["batch"] * 4 + ["presence"] * 2 + ["owner", "members", "group"]
+batch_steps = st.lists(
+    st.sampled_from(BATCH_KINDS).flatmap(BATCH_STEPS.__getitem__), min_size=2, max_size=12
+)
+
+
+def model_batch(
+    states: dict[str, rules.NumberState],
+    entries: list[tuple[Any, ...]],
+    sent: list[tuple[Message, Decision]],
+    step_no: int,
+    now: int,
+) -> list[tuple[Message, Decision]]:
+    """The batch's messages and the decision each must get, by the model, in batch order."""
+    batch: list[tuple[Message, Decision]] = []
+    for entry_no, entry in enumerate(entries):
+        if entry[0] == "again" and sent + batch:
+            message, first = (sent + batch)[entry[1] % len(sent + batch)]
+            batch.append((message, Decision(first.user, first.reason, first.at, new=False)))
+            continue
+        if entry[0] == "again":
+            continue
+        _, number_id, customer = entry
+        message_id = f"b{step_no}.{entry_no}"
+        message = Message(f"{step_no}-{entry_no}", ACCOUNT, number_id, customer, message_id)
+        state = states[number_id]
+        expected = rules.decide(state, customer)
+        rules.apply(state, customer, expected)
+        event(f"batch reason {expected.reason}")
+        batch.append((message, Decision(expected.user, expected.reason, now)))
+    return batch
+
+
+@settings(
+    deadline=None,
+    max_examples=100,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(first=numbers(), second=numbers(), steps=batch_steps)
+def test_batches_over_two_numbers_decide_as_the_rules_model_message_by_message(
+    rd: Any, rb: Any, first: dict[str, Any], second: dict[str, Any], steps: list[tuple[Any, ...]]
+) -> None:
+    rb.flushdb()
+    # The account's groups and presence are the first number's: both numbers share them.
+    second = {**second, "groups": first["groups"], "presence": first["presence"]}
+    # The account's admin is there for both numbers, or for neither.
+    with_account = first["admin"] in ("account", "both")
+    has_own = second["admin"] in ("number", "both")
+    second["admin"] = {
+        (True, True): "both", (True, False): "account",
+        (False, True): "number", (False, False): "none",
+    }[(with_account, has_own)]  # fmt: skip
+    states = {
+        NUMBER: given_number_state(rd, first, NUMBER),
+        OTHER_NUMBER: given_number_state(rd, second, OTHER_NUMBER),
+    }
+    assigner = Assigner(Scripts(rb), dedup_window_s=86_400)
+    link = transport(rb)
+    sent: list[tuple[Message, Decision]] = []
+    now = now_ms()
+
+    for step_no, step in enumerate(steps):
+        kind, *args = step
+        if kind == "presence":
+            for state in states.values():
+                set_presence(rd, state, *args)
+        elif kind == "owner":
+            number_id, customer, user = args
+            admin.set_owner(rd, ACCOUNT, number_id, customer, user)
+            states[number_id].owners[customer] = user
+        elif kind == "members":
+            admin.set_number(rd, ACCOUNT, NUMBER, members=args[0])
+            states[NUMBER].members = list(args[0])
+        elif kind == "group":
+            name, group_users = args
+            admin.set_group(rd, ACCOUNT, name, group_users)
+            for state in states.values():
+                state.groups[name] = list(group_users)
+        elif kind == "batch":
+            batch = model_batch(states, args[0], sent, step_no, now + step_no)
+            outcomes = assigner.decide(link, [m for m, _ in batch], now + step_no)
+
+            assert outcomes == [d for _, d in batch], step_no
+            assert [getattr(o, "new", None) for o in outcomes] == [d.new for _, d in batch]
+            for number_id, state in states.items():
+                assert stored_cursor(rd, number_id) == state.cursor, (step_no, number_id)
+                stored = rd.hgetall(keys.owners(ACCOUNT, number_id))
+                assert stored == state.owners, (step_no, number_id)
+            sent.extend((m, d) for m, d in batch if d.new)
+    link.close()
+
+
+# --- Long rotations: a walk past 64 places reads all of L once and searches it ------------
+
+
+@st.composite
+def night_shifts(draw: Any) -> dict[str, Any]:
+    size = draw(st.integers(1, 160))
+    members = [f"u{i}" for i in range(size)]
+    return {
+        "members": members,
+        "available": draw(st.sets(st.sampled_from(members), max_size=4)),
+        "cursor": draw(st.integers(0, 400)),
+        "online_only": draw(st.sampled_from([True, True, True, False])),
+        "admin": draw(st.booleans()),
+    }
+
+
+night_steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("batch"), st.lists(st.integers(0, 60), min_size=1, max_size=40)),
+        st.tuples(st.just("presence"), st.integers(0, 159), st.sampled_from(["available", "away"])),
+        st.tuples(st.just("members"), st.integers(1, 160)),
+    ),
+    min_size=1,
+    max_size=8,
+)
+
+
+@settings(
+    deadline=None,
+    max_examples=80,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(shift=night_shifts(), steps=night_steps)
+def test_long_rotations_with_few_available_decide_as_the_rules_model(
+    rd: Any, rb: Any, shift: dict[str, Any], steps: list[tuple[Any, ...]]
+) -> None:
+    rb.flushdb()
+    admin_user = "boss" if shift["admin"] else None
+    admin.set_number(
+        rd, ACCOUNT, NUMBER, members=shift["members"], online_only=shift["online_only"],
+        admin=admin_user,
+    )  # fmt: skip
+    rd.set(keys.cursor(ACCOUNT, NUMBER), shift["cursor"])
+    state = rules.NumberState(
+        members=list(shift["members"]), online_only=shift["online_only"], admin=admin_user,
+        cursor=shift["cursor"],
+    )  # fmt: skip
+    for user in shift["available"]:
+        set_presence(rd, state, user, "available")
+    assigner, link, now = Assigner(Scripts(rb), dedup_window_s=86_400), transport(rb), now_ms()
+    for step_no, step in enumerate(steps):
+        if step[0] == "presence":
+            set_presence(rd, state, f"u{step[1]}", step[2])
+        elif step[0] == "members":
+            members = [f"u{i}" for i in range(step[1])]
+            admin.set_number(rd, ACCOUNT, NUMBER, members=members)
+            state.members = members
+        else:
+            customers = [f"4477009{c:05d}" for c in step[1]]
+            expected = []
+            for customer in customers:
+                choice = rules.decide(state, customer)
+                rules.apply(state, customer, choice)
+                event(f"night reason {choice.reason}")
+                expected.append(Decision(choice.user, choice.reason, now))
+            batch = [
+                Message(f"{step_no}-{i}", ACCOUNT, NUMBER, c, f"n{step_no}.{i}")
+                for i, c in enumerate(customers)
+            ]
+            assert assigner.decide(link, batch, now) == expected, step_no
+            assert stored_cursor(rd) == state.cursor, step_no
+            assert rd.hgetall(keys.owners(ACCOUNT, NUMBER)) == state.owners, step_no
+    link.close()

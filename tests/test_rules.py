@@ -1,4 +1,4 @@
-"""The contract's decision, rules 1-5, through the real assign.lua (worker and Assigner)."""
+"""The contract's decision, rules 1-5, through the real decide.lua (worker and Assigner)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from tests.helpers import (
 from worker import admin, keys
 from worker.assign import Assigner, Decision
 from worker.clock import local_ms as now_ms
+from worker.connection import transport
 from worker.messages import Message, parse
 from worker.scripts import Scripts
 from worker.settings import Settings
@@ -555,9 +556,9 @@ def test_repeated_message_id_through_the_assigner_returns_the_first_decision(
     given_number(rd, ["alice", "bob"], online_only=False)
     assigner = Assigner(Scripts(rb), dedup_window_s=86_400)
 
-    first = assigner.decide(rb, [message(CUSTOMER, "wamid.1", "1-0")], NOW)
+    first = assigner.decide(transport(rb), [message(CUSTOMER, "wamid.1", "1-0")], NOW)
     admin.set_number(rd, ACCOUNT, NUMBER, members=["bob"])
-    again = assigner.decide(rb, [message(CUSTOMER, "wamid.1", "2-0")], NOW + 5_000)
+    again = assigner.decide(transport(rb), [message(CUSTOMER, "wamid.1", "2-0")], NOW + 5_000)
 
     assert first == again == [Decision("alice", "round_robin", NOW)]
     assert rb.get(keys.cursor(ACCOUNT, NUMBER)) == b"1"
@@ -585,12 +586,12 @@ def test_redelivered_entry_without_message_id_gets_its_first_decision(rd: Any, r
     entry = {b"account": ACCOUNT.encode(), b"number": NUMBER.encode(), b"from": CUSTOMER.encode()}
     parsed = parse("1700000000000-0", entry, 65_536)
     assert isinstance(parsed, Message)
-    first = assigner.decide(rb, [parsed], NOW)
+    first = assigner.decide(transport(rb), [parsed], NOW)
     rd.hdel(keys.owners(ACCOUNT, NUMBER), CUSTOMER)  # a re-decision would now pick bob
-    again = assigner.decide(rb, [parsed], NOW + 1)
+    again = assigner.decide(transport(rb), [parsed], NOW + 1)
     other = parse("1700000000001-0", entry, 65_536)
     assert isinstance(other, Message)
-    fresh = assigner.decide(rb, [other], NOW + 2)
+    fresh = assigner.decide(transport(rb), [other], NOW + 2)
 
     assert first == again == [Decision("alice", "round_robin", NOW)]
     assert fresh == [Decision("bob", "round_robin", NOW + 2)]
@@ -603,14 +604,14 @@ def test_redelivered_entry_without_message_id_gets_its_first_decision(rd: Any, r
 def test_group_added_to_members_after_groups_were_cached_is_expanded(rd: Any, rb: Any) -> None:
     given_number(rd, ["alice"], online_only=False)
     assigner = Assigner(Scripts(rb), dedup_window_s=86_400)
-    assert assigner.decide(rb, [message("447700900001", "m1")], NOW) == [
+    assert assigner.decide(transport(rb), [message("447700900001", "m1")], NOW) == [
         Decision("alice", "round_robin", NOW)
     ]
 
     admin.set_group(rd, ACCOUNT, "sales", ["bob", "carol"])
     admin.set_number(rd, ACCOUNT, NUMBER, members=["alice", "group:sales"])
     outcomes = assigner.decide(
-        rb, [message("447700900002", "m2"), message("447700900003", "m3")], NOW
+        transport(rb), [message("447700900002", "m2"), message("447700900003", "m3")], NOW
     )
 
     assert outcomes == [Decision("bob", "round_robin", NOW), Decision("carol", "round_robin", NOW)]
@@ -622,13 +623,13 @@ def test_group_replacing_a_cached_group_in_members_is_expanded(rd: Any, rb: Any)
     admin.set_group(rd, ACCOUNT, "night", ["bob"])
     given_number(rd, ["group:day"], online_only=False)
     assigner = Assigner(Scripts(rb), dedup_window_s=86_400)
-    assert assigner.decide(rb, [message("447700900001", "m1")], NOW) == [
+    assert assigner.decide(transport(rb), [message("447700900001", "m1")], NOW) == [
         Decision("alice", "round_robin", NOW)
     ]
 
     admin.set_number(rd, ACCOUNT, NUMBER, members=["group:night"])
 
-    assert assigner.decide(rb, [message("447700900002", "m2")], NOW) == [
+    assert assigner.decide(transport(rb), [message("447700900002", "m2")], NOW) == [
         Decision("bob", "round_robin", NOW)
     ]
 
@@ -637,12 +638,14 @@ def test_group_added_to_access_after_groups_were_cached_is_expanded(rd: Any, rb:
     given_number(rd, ["alice", "bob"], online_only=False)
     admin.set_owner(rd, ACCOUNT, NUMBER, CUSTOMER, "alice")
     assigner = Assigner(Scripts(rb), dedup_window_s=86_400)
-    assert assigner.decide(rb, [message(CUSTOMER, "m1")], NOW) == [Decision("alice", "owner", NOW)]
+    assert assigner.decide(transport(rb), [message(CUSTOMER, "m1")], NOW) == [
+        Decision("alice", "owner", NOW)
+    ]
 
     admin.set_group(rd, ACCOUNT, "team", ["bob"])
     admin.set_number(rd, ACCOUNT, NUMBER, access=["group:team"])
 
     # alice left access with the new group: no longer kept; L = bob.
-    assert assigner.decide(rb, [message(CUSTOMER, "m2")], NOW) == [
+    assert assigner.decide(transport(rb), [message(CUSTOMER, "m2")], NOW) == [
         Decision("bob", "round_robin", NOW)
     ]

@@ -2,7 +2,7 @@
 
 A new chat is a decision that made someone the customer's owner (``round_robin`` or
 ``admin_fallback``). The worker counts them in the pipeline that publishes a batch (one HINCRBY
-per account and user), outside assign.lua. Only decisions made in the batch are counted: a
+per account and user), outside decide.lua. Only decisions made in the batch are counted: a
 repeated message gets its first decision back, which the decision says (``Decision.new``
 false), and is not counted again.
 """
@@ -14,8 +14,9 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from worker import keys, wire
+from worker import keys
 from worker.record import Record
+from worker.transport import Command
 
 NEW_CHAT_REASONS = frozenset({"round_robin", "admin_fallback"})
 KEEP_DAYS = 8  # a day's hash expires this many days after the day starts
@@ -26,7 +27,7 @@ def day(at_ms: int) -> str:
     return time.strftime("%Y-%m-%d", time.gmtime(at_ms // 1000))
 
 
-def count(decided_now: Sequence[Record], now_ms: int) -> list[wire.Command]:
+def count(decided_now: Sequence[Record], now_ms: int) -> list[Command]:
     """The commands that add new chats, sent with the publish round trip, from the records of
     the decisions made in this batch (not those repeated)."""
     tally = Counter(
@@ -36,7 +37,7 @@ def count(decided_now: Sequence[Record], now_ms: int) -> list[wire.Command]:
         return []
     today = day(now_ms)
     expire_at_s = (now_ms // DAY_MS + KEEP_DAYS) * DAY_MS // 1000
-    commands: list[wire.Command] = [
+    commands: list[Command] = [
         ("HINCRBY", keys.chats(account, today), user, chats)
         for (account, user), chats in tally.items()
     ]

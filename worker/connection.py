@@ -34,6 +34,7 @@ from redis.retry import Retry
 from worker import embedded
 from worker.redis_url import cluster_url
 from worker.settings import Settings
+from worker.transport import ClusterTransport, NodeTransport, RedisClient, Transport
 
 # Refusals that retrying cannot cure: the credentials (WRONGPASS, NOAUTH) or the ACL (NOPERM).
 # redis-py raises the first two as ConnectionErrors, like an unreachable server, so whoever
@@ -113,6 +114,14 @@ def server_refusal(error: BaseException) -> str | None:
 def is_cluster(client: Any) -> bool:
     """Whether the client (or pipeline) talks to a Redis Cluster."""
     return isinstance(client, RedisCluster)
+
+
+def transport(client: RedisClient) -> Transport:
+    """The hot path's transport for this client: one held connection to a single node, or
+    routing by slot on a cluster."""
+    if isinstance(client, RedisCluster):
+        return ClusterTransport(client)
+    return NodeTransport(client)
 
 
 def no_retry() -> Retry:

@@ -1,7 +1,7 @@
 """Presence as the CRM writes it (HSET, any case, padded): what counts as available, and
 reading statuses without copying values too long to be one.
 
-lua/assign.lua reads presence the same way; the property test holds the two together.
+lua/decide.lua reads presence the same way; the property test holds the two together.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 from worker import keys
 
 AVAILABLE = "available"
-# A value longer than this is no status: unavailable, and never read (lua/assign.lua has the
+# A value longer than this is no status: unavailable, and never read (lua/decide.lua has the
 # same figure). The longest status is "unavailable"; the rest is room for padding.
 MAX_STATUS_BYTES = 64
 _LUA_SPACE = " \t\n\v\f\r"  # what Lua's %s trims, no more (not Unicode spaces)

@@ -16,8 +16,9 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-from worker import keys, wire
+from worker import keys
 from worker.settings import Settings
+from worker.transport import Transport
 
 StreamId = tuple[int, int]  # milliseconds, sequence
 MAX_SEQUENCE = 2**64 - 1
@@ -55,10 +56,10 @@ def acknowledged_up_to(client: Any, stream: str, group: dict[str, Any]) -> Strea
     return min(last, before(parse_id(oldest)))
 
 
-def sweep(client: Any, settings: Settings, now_ms: int) -> StreamId | None:
+def sweep(transport: Transport, settings: Settings, now_ms: int) -> StreamId | None:
     """Notes how far Rota's group got and trims what every group acknowledged; the id below
     which entries may go, or None when Rota's group (or the stream) is missing."""
-    stream = settings.inbound_stream
+    stream, client = settings.inbound_stream, transport.client
     try:
         groups = client.xinfo_groups(stream)
     except ResponseError as error:
@@ -71,8 +72,7 @@ def sweep(client: Any, settings: Settings, now_ms: int) -> StreamId | None:
         return None
     kept_from = (now_ms - settings.inbound_keep_s * 1000, 0)
     below = min(*reached.values(), kept_from)
-    replies = wire.execute(
-        client,
+    replies = transport.execute(
         [
             ("SET", keys.published(stream), format_id(ours)),
             ("XTRIM", stream, "MINID", "~", format_id(below), "LIMIT", TRIM_LIMIT),

@@ -1,6 +1,6 @@
 """The contract's decision rules in plain Python, over a snapshot of one number.
 
-assign.lua is what decides; this model explains a number (``rota number show``: who is
+decide.lua is what decides; this model explains a number (``rota number show``: who is
 eligible, who is next) and is the reference the property test holds the script to.
 """
 

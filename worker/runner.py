@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from redis.exceptions import ConnectionError, ResponseError, TimeoutError
 
-from worker import chats, redis_setup, retention, stream, vanished, wire
+from worker import chats, connection, redis_setup, retention, stream, vanished
 from worker.assign import Assigner, Decision
 from worker.clock import Clock, ServerClock
 from worker.connection import is_passing_cluster_error, refusal, server_refusal
@@ -70,7 +70,7 @@ class Runner:
     ):
         self.client = client
         self.clock = clock or ServerClock(client)  # tests inject their own
-        self.link = wire.Link(client)  # the hot path's own connection
+        self.transport = connection.transport(client)  # the hot path's own connection
         self.settings = settings
         self.consumer = consumer or settings.consumer or default_consumer()
         self.log = log.bind(consumer=self.consumer)
@@ -109,7 +109,7 @@ class Runner:
             if burst and drained:
                 break
         left = self._with_retry(self._leave)
-        self.link.close()
+        self.transport.close()
         if left is None:
             return 1  # what it held stays pending: another worker claims it
         self.log.info("worker stopped")
@@ -236,7 +236,7 @@ class Runner:
         # While claiming still finds entries, new ones are read between its batches, without
         # waiting: a backlog drains at the speed of new entries.
         wait = None if claimed else block
-        entries = stream.read_new(self.link, self.settings, self.consumer, wait, self._acks)
+        entries = stream.read_new(self.transport, self.settings, self.consumer, wait, self._acks)
         self._acks = []
         if entries:
             self._handle(entries)
@@ -244,19 +244,19 @@ class Runner:
         return not (claimed if claimed is not None else self._claim())
 
     def _flush_acks(self) -> None:
-        stream.ack(self.link, self.settings, self._acks)
+        stream.ack(self.transport, self.settings, self._acks)
         self._acks = []
 
     def _sweep(self) -> None:
         """Notes how far the group got and trims what every group acknowledged."""
         self._next_sweep = time.monotonic() + self.settings.inbound_trim_every_s
-        retention.sweep(self.client, self.settings, self.clock.now_ms())
+        retention.sweep(self.transport, self.settings, self.clock.now_ms())
 
     def _claim(self) -> bool:
         """Takes over what idle consumers left, a batch at a time, decided like new entries;
         True when there was something to take. The next claim is due at once while there
         was, else on a timer (XPENDING walks the pending list)."""
-        claimed = self.claimer.claim(self.client)
+        claimed = self.claimer.claim(self.transport)
         found = bool(claimed.poison or claimed.retry or claimed.vanished or claimed.more)
         self._next_claim = time.monotonic() + (0 if found else self._claim_every_s)
         if claimed.poison or claimed.retry:
@@ -332,7 +332,7 @@ class Runner:
             else:
                 valid.append((entry, parsed))
         now = self.clock.now_ms()
-        outcomes = self.assigner.decide(self.link, [m for _, m in valid], now)
+        outcomes = self.assigner.decide(self.transport, [m for _, m in valid], now)
         decided: list[tuple[Record, Decision]] = []
         deferred: list[Entry] = []
         refused: list[Entry] = []
@@ -386,7 +386,7 @@ class Runner:
         counts = chats.count(new, now)
         events = [record.to_fields() for record in records]
         try:
-            stream.publish(self.link, self.settings, events, dead, counts, also)
+            stream.publish(self.transport, self.settings, events, dead, counts, also)
         except BaseException:
             self._unpublished.remember(records)  # published if their entries vanish
             raise

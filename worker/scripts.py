@@ -30,6 +30,6 @@ class Scripts:
     """Every script registered once on one client."""
 
     def __init__(self, client: Any) -> None:
-        self.assign: Script = client.register_script(source("assign"))
+        self.decide: Script = client.register_script(source("decide"))
         self.delconsumer: Script = client.register_script(source("delconsumer"))
         self.replay: Script = client.register_script(source("replay"))

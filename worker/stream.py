@@ -8,10 +8,12 @@ from typing import Any
 
 from redis.commands.core import Script
 from redis.exceptions import ResponseError
+from redis.typing import StreamIdT
 
-from worker import keys, wire
+from worker import keys
 from worker.messages import Fields
 from worker.settings import Settings
+from worker.transport import Command, RedisClient, Transport
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +33,7 @@ class Claimed:
     vanished: list[Entry]  # deleted from the stream while pending (XTRIM, XDEL): no fields
 
 
-def ensure_group(client: Any, settings: Settings) -> str | None:
+def ensure_group(client: RedisClient, settings: Settings) -> str | None:
     """Creates the consumer group (and the stream) unless it exists: after the id up to which
     a lost group had published every entry (noted by worker.retention), else at the stream's
     start. The id it was created at; None when it existed (only BUSYGROUP is fine)."""
@@ -47,7 +49,7 @@ def ensure_group(client: Any, settings: Settings) -> str | None:
 
 
 def delete_consumer(
-    client: Any, script: Script, settings: Settings, consumer: str, idle_ms: int = 0
+    client: RedisClient, script: Script, settings: Settings, consumer: str, idle_ms: int = 0
 ) -> bool:
     """Removes the consumer if it holds nothing and was idle ``idle_ms`` or more, checked and
     done in one script (lua/delconsumer.lua); whether it was removed."""
@@ -56,7 +58,7 @@ def delete_consumer(
 
 
 def read_new(
-    client: Any,
+    transport: Transport,
     settings: Settings,
     consumer: str,
     block_ms: int | None,
@@ -69,13 +71,20 @@ def read_new(
     block = ("BLOCK", block_ms) if block_ms is not None else ()
     command = ("XREADGROUP", "GROUP", settings.group, consumer, "COUNT", settings.batch_size)
     read = (*command, *block, "STREAMS", settings.inbound_stream, ">")
-    replies = wire.execute(client, [_xack(settings, acks), read] if acks else [read])
+    replies = transport.execute([_xack(settings, acks), read] if acks else [read])
     _check(replies)
-    reply = replies[-1]
-    if not reply:
+    return _entries(replies[-1])
+
+
+def _entries(reply: object) -> list[Entry]:
+    """XREADGROUP's reply for one stream: RESP3 answers a map of stream -> entries, RESP2 a
+    list of [stream, entries] pairs, nothing new a nil."""
+    if isinstance(reply, dict):
+        entries = next(iter(reply.values()))
+    elif isinstance(reply, list) and reply:
+        entries = reply[0][1]
+    else:
         return []
-    # RESP3 answers a map of stream -> entries, RESP2 a list of [stream, entries] pairs.
-    entries = next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]
     return [Entry(_id(entry_id), _pairs(fields), 1) for entry_id, fields in entries]
 
 
@@ -98,9 +107,9 @@ class Claimer:
         self._consumer = consumer
         self._start = "-"
 
-    def claim(self, client: Any) -> Claimed:
-        settings = self._settings
-        pending = client.xpending_range(
+    def claim(self, transport: Transport) -> Claimed:
+        settings, client = self._settings, transport.client
+        pending: list[dict[str, Any]] = client.xpending_range(
             settings.inbound_stream,
             settings.group,
             min=self._start,
@@ -115,8 +124,8 @@ class Claimer:
         delivered = {_id(p["message_id"]): int(p["times_delivered"]) for p in pending}
         # Deleted entries stay pending until acknowledged after their dead letter: Redis 7's
         # XCLAIM would drop them from the pending list unseen.
-        gone = set(missing(client, settings, list(delivered)))
-        wanted = [inbound_id for inbound_id in delivered if inbound_id not in gone]
+        gone = set(missing(transport, settings, list(delivered)))
+        wanted = [i for i in delivered if i not in gone]
         # XCLAIM re-checks the idle time, so of two workers claiming at once only one wins.
         taken = self._xclaim(client, wanted) if wanted else []
         retry, poison, returned = [], [], set()
@@ -131,35 +140,35 @@ class Claimer:
             else:
                 retry.append(Entry(inbound_id, fields, seen + 1))
         # Not returned: another worker's now, or deleted since the check (Redis 7).
-        gone.update(missing(client, settings, [i for i in wanted if i not in returned]))
+        gone.update(missing(transport, settings, [i for i in wanted if i not in returned]))
         vanished = [Entry(i, {}, count) for i, count in delivered.items() if i in gone]
         return Claimed(retry, poison, more=full, vanished=vanished)
 
-    def _xclaim(self, client: Any, inbound_ids: list[str]) -> list[Any]:
+    def _xclaim(self, client: RedisClient, inbound_ids: Sequence[str]) -> list[Any]:
         settings = self._settings
         taken: list[Any] = client.xclaim(
             settings.inbound_stream,
             settings.group,
             self._consumer,
             settings.claim_idle_ms,
-            inbound_ids,
+            list[StreamIdT](inbound_ids),
         )
         return taken
 
 
-def missing(client: Any, settings: Settings, inbound_ids: Sequence[str]) -> list[str]:
+def missing(transport: Transport, settings: Settings, inbound_ids: Sequence[str]) -> list[str]:
     """Which of these ids have no entry on the inbound stream any more, in one round trip."""
-    replies = wire.execute(client, [("XRANGE", settings.inbound_stream, i, i) for i in inbound_ids])
+    replies = transport.execute([("XRANGE", settings.inbound_stream, i, i) for i in inbound_ids])
     _check(replies)
     return [i for i, reply in zip(inbound_ids, replies, strict=True) if not reply]
 
 
-def defer(client: Any, settings: Settings, consumer: str, entries: Sequence[Entry]) -> None:
+def defer(client: RedisClient, settings: Settings, consumer: str, entries: Sequence[Entry]) -> None:
     """Keeps entries whose decision met a passing cluster condition (a slot mid-migration, a
     failover) pending with this consumer, with the delivery count they had before this try:
     they are claimed again after ROTA_CLAIM_IDLE_MS like any pending entry, but such tries
     never bring them closer to ``poison``."""
-    by_count: dict[int, list[str]] = {}
+    by_count: dict[int, list[StreamIdT]] = {}
     for entry in entries:
         by_count.setdefault(entry.deliveries - 1, []).append(entry.inbound_id)
     for count, ids in by_count.items():
@@ -175,11 +184,11 @@ def defer(client: Any, settings: Settings, consumer: str, entries: Sequence[Entr
 
 
 def publish(
-    client: Any,
+    transport: Transport,
     settings: Settings,
     events: Iterable[dict[str, Any]],
     dead: Iterable[dict[Any, Any]],
-    extra: Sequence[wire.Command] = (),
+    extra: Sequence[Command] = (),
     also: Sequence[Callable[[Any], None]] = (),
 ) -> None:
     """Events, dead letters and ``extra`` commands (counters) in one round trip, then ``also``
@@ -190,29 +199,29 @@ def publish(
     between redelivers the entries, whose decisions then repeat unchanged (at least once).
     """
     trim = ("MAXLEN", "~", settings.events_maxlen) if settings.events_maxlen else ()
-    writes: list[wire.Command] = [
+    writes: list[Command] = [
         ("XADD", settings.events_stream, *trim, "*", *_flat(event)) for event in events
     ]
     writes.extend(("XADD", settings.dead_stream, "*", *_flat(letter)) for letter in dead)
     writes.extend(extra)
-    _check(wire.execute(client, writes))
+    _check(transport.execute(writes))
     if also:
-        pipe = client.pipeline(transaction=False)
+        pipe = transport.client.pipeline(transaction=False)
         for add in also:
             add(pipe)
         pipe.execute()
 
 
-def ack(client: Any, settings: Settings, inbound_ids: Sequence[str]) -> None:
+def ack(transport: Transport, settings: Settings, inbound_ids: Sequence[str]) -> None:
     if inbound_ids:
-        _check(wire.execute(client, [_xack(settings, inbound_ids)]))
+        _check(transport.execute([_xack(settings, inbound_ids)]))
 
 
-def _xack(settings: Settings, inbound_ids: Sequence[str]) -> wire.Command:
+def _xack(settings: Settings, inbound_ids: Sequence[str]) -> Command:
     return ("XACK", settings.inbound_stream, settings.group, *inbound_ids)
 
 
-def _check(replies: Sequence[Any]) -> None:
+def _check(replies: Sequence[object]) -> None:
     for reply in replies:
         if isinstance(reply, Exception):
             raise reply
