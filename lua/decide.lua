@@ -54,16 +54,18 @@
   no user id can break it; records of the format before, "user|reason|at", are still read.
   Replies are arrays of bulk strings, which RESP frames by length: no user id breaks them.
 
-  Output: one reply per entry, in the order given:
-    {user, reason, at, new}  the decision; user is "" for unknown_disabled and no_admin; new is
-                             "1" when this call decided, "0" when a message decided before (in
-                             an earlier call or earlier in this batch) got its first decision back
-    {"!unknown_number"}      the number has no settings
-    {"!invalid_data", DETAIL} a key of the wrong type or a value the script cannot use, named
-                             in DETAIL; nothing of that entry written
-  or, for the whole call, a flat array:
-    {"!groups", NAME...}     compiling needs groups missing from KEYS; call again with these
-                             (every group members and access name); nothing written
+  Output: four strings per entry, in the order given (a flat array, 4 x the entries):
+    user, reason, at, new            the decision; user is "" for unknown_disabled and
+                                     no_admin; new is "1" when this call decided, "0" when a
+                                     message decided before (in an earlier call or earlier in
+                                     this batch) got its first decision back
+    "!unknown_number", "", "", ""    the number has no settings
+    "!invalid_data", DETAIL, "", ""  a key of the wrong type or a value the script cannot use,
+                                     named in DETAIL; nothing of that entry written
+  or, for the whole call, an array holding one array:
+    {{"!groups", NAME...}}           compiling needs groups missing from KEYS; call again with
+                                     these (every group members and access name); nothing
+                                     written
 ]]
 local rcall = redis.call
 
@@ -126,7 +128,7 @@ local function chunked(key, command, values)
   return joined
 end
 
--- A remembered decision as its reply; or "!invalid_data".
+-- A remembered decision: user, reason, at; or "!invalid_data".
 local function remembered(key, record, field)
   local reasons = {
     owner = true, unknown_disabled = true, round_robin = true,
@@ -137,13 +139,13 @@ local function remembered(key, record, field)
     if ok and type(fields) == 'table' and #fields == 3 and type(fields[1]) == 'string'
         and reasons[fields[2]] and type(fields[3]) == 'string'
         and string.match(fields[3], '^%d+$') then
-      return {fields[1], fields[2], fields[3], '0'}
+      return fields[1], fields[2], fields[3]
     end
   end
   -- The format before JSON: reason and at are the last two fields, the user is what is left.
   local user, reason, at = string.match(record, '^(.*)|([%l_]+)|(%d+)$')
   if user and reasons[reason] then
-    return {user, reason, at, '0'}
+    return user, reason, at
   end
   invalid(key, 'holds a decision that cannot be read for ' .. field)
 end
@@ -274,7 +276,7 @@ local function readNumber(customers)
   return {
     setting = setting, rebuilt = rebuilt, restricted = restricted, n = n,
     rawCursor = state[3], owners = owners, mayUse = {},
-    onlineOnly = setting['online_only'] ~= '0',
+    onlineOnly = setting['online_only'] ~= '0', assignUnknown = setting['assign_unknown'] ~= '0',
     places = rebuilt and rebuilt.rotation or {}, -- L by place + 1, as far as read
     available = {}, -- user -> whether available, as far as read
     eligible = nil, -- every eligible place, ascending, once all of L is read
@@ -421,7 +423,7 @@ local function roundRobin(num)
   return (place - start) % n + 1, num.places[place + 1]
 end
 
--- Rules 1-5 for one customer: {user, reason, step = the cursor's move, owner = the new owner}.
+-- Rules 1-5 for one customer: user, reason, the cursor's move, the new owner (nil for none).
 local function decideOne(num, customer)
   -- Rule 1: a returning customer keeps an owner who may still use the number.
   local owner = num.owners[customer]
@@ -437,24 +439,24 @@ local function decideOne(num, customer)
       num.mayUse[owner] = mayUse
     end
     if mayUse or owner == adminOf(num) then
-      return {owner, 'owner'}
+      return owner, 'owner', 0
     end
   end
   -- Rule 2.
-  if num.setting['assign_unknown'] == '0' then
-    return {'', 'unknown_disabled'}
+  if num.assignUnknown == false then
+    return '', 'unknown_disabled', 0
   end
   -- Rule 3.
   local step, user = roundRobin(num)
   if step then
-    return {user, 'round_robin', step = step, owner = user}
+    return user, 'round_robin', step, user
   end
   -- Rules 4 and 5.
   local fallback = adminOf(num)
   if fallback then
-    return {fallback, 'admin_fallback', owner = fallback}
+    return fallback, 'admin_fallback', 0, fallback
   end
-  return {'', 'no_admin'}
+  return '', 'no_admin', 0
 end
 
 -- Runs a step that may end with a reply of its own: the step's result, or nil and that reply.
@@ -473,75 +475,104 @@ end
 
 -- The first half: every entry's reply, and what the second half writes.
 local function plan()
-  local fields, customers, wanted = {}, {}, {}
+  local fields, customers, count = {}, {}, 0
   for i = firstEntryArg, #ARGV, ENTRY_ARGS do
     if ARGV[i] ~= 'message' then
       error('ARGV[' .. i .. '] is no kind of entry: ' .. string.sub(ARGV[i], 1, 20))
     end
-    local customer = ARGV[i + 1]
-    fields[#fields + 1] = ARGV[i + 2]
-    customers[#customers + 1] = customer
-    if not wanted[customer] then
-      wanted[customer] = true
-      wanted[#wanted + 1] = customer
-    end
+    count = count + 1
+    customers[count], fields[count] = ARGV[i + 1], ARGV[i + 2]
   end
-  local replies, decided = {}, {}
+  local replies = {} -- four strings per entry: see the header
   local writes = {records = {}, owners = {}, step = 0}
+  local function refused(i, failure)
+    local at = 4 * i - 3
+    replies[at], replies[at + 1], replies[at + 2], replies[at + 3] = failure[1], failure[2] or '', '', ''
+  end
+
   local records, failure = attempt(chunked, dedupKey, 'HMGET', fields)
   local previous
   if records then
     previous, failure = attempt(chunked, dedupPrevKey, 'HMGET', fields)
   end
   if failure then
-    for i = 1, #fields do
-      replies[i] = failure
+    for i = 1, count do
+      refused(i, failure)
     end
     return replies, writes
   end
-  local ownerWritten = {}
-  for i, field in ipairs(fields) do
-    local reply
-    local record, recordKey = records[i], dedupKey
-    if not record then
-      record, recordKey = previous[i], dedupPrevKey
-    end
-    if decided[field] then
-      local first = decided[field]
-      reply = {first[1], first[2], first[3], '0'}
-    elseif record then
-      local remembered_, failure = attempt(remembered, recordKey, record, field)
-      reply = remembered_ or failure
-    else
-      if not number and not numberFailure then
-        number, numberFailure = attempt(readNumber, wanted)
+
+  local decided = {} -- field -> the entry that decided it in this call
+  local encoded = {} -- reason -> user -> the record, encoded once per call
+  local newOwners, recordsWritten = writes.owners, writes.records
+  local written = 0
+  local current -- the entry being decided, for the failure it may raise
+  -- Decides entries from `first` on; raises {reply = ...} for the entry `current`.
+  local function decideFrom(first)
+    for i = first, count do
+      current = i
+      local at = 4 * i - 3
+      local field = fields[i]
+      local earlier = decided[field]
+      local record, recordKey = records[i], dedupKey
+      if not record then
+        record, recordKey = previous[i], dedupPrevKey
       end
-      local choice, failure = nil, numberFailure
-      if number then
-        choice, failure = attempt(decideOne, number, customers[i])
-      end
-      if choice then
-        local customer = customers[i]
-        if choice.step then
-          number.cursor = number.cursor + choice.step
-          writes.step = writes.step + choice.step
-        end
-        if choice.owner then
-          number.owners[customer] = choice.owner
-          if not ownerWritten[customer] then
-            ownerWritten[customer] = true
-            writes.owners[#writes.owners + 1] = customer
+      if earlier then
+        local from = 4 * earlier - 3
+        replies[at], replies[at + 1], replies[at + 2], replies[at + 3] =
+          replies[from], replies[from + 1], replies[from + 2], '0'
+      elseif record then
+        local user, reason, decidedAt = remembered(recordKey, record, field)
+        replies[at], replies[at + 1], replies[at + 2], replies[at + 3] =
+          user, reason, decidedAt, '0'
+      else
+        if not number then
+          if not numberFailure then
+            number, numberFailure = attempt(readNumber, customers)
+          end
+          if not number then
+            error({reply = numberFailure}, 0)
           end
         end
-        reply = {choice[1], choice[2], now, '1'}
-        decided[field] = reply
-        writes.records[#writes.records + 1] = field
-        writes.records[#writes.records + 1] = cjson.encode({choice[1], choice[2], now})
-      else
-        reply = failure
+        local customer = customers[i]
+        local user, reason, step, owner = decideOne(number, customer)
+        if step > 0 then
+          number.cursor = number.cursor + step
+          writes.step = writes.step + step
+        end
+        if owner then
+          number.owners[customer] = owner
+          newOwners[customer] = owner
+        end
+        replies[at], replies[at + 1], replies[at + 2], replies[at + 3] = user, reason, now, '1'
+        decided[field] = i
+        local byUser = encoded[reason]
+        if not byUser then
+          byUser = {}
+          encoded[reason] = byUser
+        end
+        local value = byUser[user]
+        if not value then
+          value = cjson.encode({user, reason, now})
+          byUser[user] = value
+        end
+        recordsWritten[written + 1], recordsWritten[written + 2] = field, value
+        written = written + 2
       end
     end
-    replies[i] = reply
+  end
+  local first = 1
+  while first <= count do
+    local ok, raised = pcall(decideFrom, first)
+    if ok then
+      break
+    end
+    if type(raised) ~= 'table' or not raised.reply then
+      error(raised, 0) -- a whole-call answer ("!groups"), a fault, or Redis's refusal
+    end
+    refused(current, raised.reply)
+    first = current + 1
   end
   return replies, writes
 end
@@ -549,7 +580,7 @@ end
 local ok, replies, writes = pcall(plan)
 if not ok then
   if type(replies) == 'table' and replies.call then
-    return replies.call
+    return {replies.call}
   end
   if type(replies) == 'table' and not replies.err then
     error('decide.lua let a reply escape: ' .. cjson.encode(replies)) -- a fault of the script
@@ -578,13 +609,13 @@ end
 if writes.step > 0 then
   rcall('INCRBY', cursorKey, writes.step)
 end
-if #writes.owners > 0 then
-  local pairs_ = {}
-  for _, customer in ipairs(writes.owners) do
-    pairs_[#pairs_ + 1] = customer
-    pairs_[#pairs_ + 1] = number.owners[customer]
-  end
-  store('HSET', ownersKey, pairs_)
+local ownerPairs, paired = {}, 0
+for customer, owner in pairs(writes.owners) do
+  ownerPairs[paired + 1], ownerPairs[paired + 2] = customer, owner
+  paired = paired + 2
+end
+if #ownerPairs > 0 then
+  store('HSET', ownersKey, ownerPairs)
 end
 store('HSET', dedupKey, writes.records)
 rcall('PEXPIREAT', dedupKey, dedupExpireAt)

@@ -326,18 +326,16 @@ def test_a_remembered_decision_that_cannot_be_read_is_invalid_data(
         "'alice|owner|1'",
         "7",
         "{1, 2, 3, 4}",
-        "{'!groups', 7}",
         "{'!invalid_data'}",
-        # the shapes of one entry's reply, inside the call's reply
-        "{{'alice'}}",
-        "{{'alice', 'bogus', '1', '1'}}",
-        "{{'alice', 'owner', 'soon', '1'}}",
-        "{{'alice', 'owner', '1', '1', 'extra'}}",
-        "{{'!invalid_data'}}",
-        "{{'!groups', 'sales'}}",
-        "{{1, 2, 3, 4}}",
-        "{7}",
-        "{{'alice', 'owner', '1', '1'}, {'bob', 'owner', '1', '1'}}",
+        "{'!invalid_data', 'x', '1', ''}",
+        "{'!unknown_number', 'x', '', ''}",
+        # the whole call's answer: one array inside the reply
+        "{{'!groups'}}",
+        "{{'!groups', 7}}",
+        "{{'!invalid_data', 'x'}}",
+        "{{}}",
+        # two entries' replies for one message
+        "{'alice', 'owner', '1', '1', 'bob', 'owner', '1', '1'}",
     ],
 )
 def test_a_script_reply_of_unexpected_shape_is_a_failed_decision_not_a_crash(

@@ -72,6 +72,7 @@ def number_keys(account: str, number: str) -> tuple[str, ...]:
 
 
 MESSAGE = "message"  # the kind of entry decide.lua decides (the first of its three ARGV)
+PER_ENTRY_REPLY = 4  # strings decide.lua answers per entry
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,30 +172,31 @@ class Assigner:
             return [reply] * count
         if type(reply) is not list:
             return [unexpected(reply)] * count
-        if reply and type(reply[0]) is bytes:  # one answer for the whole call
-            names = reply[1:]
-            if reply[0] == b"!groups" and names and all(type(n) is bytes for n in names):
+        if len(reply) == 1 and type(reply[0]) is list:  # one answer for the whole call
+            head, names = reply[0][:1], reply[0][1:]
+            if head == [b"!groups"] and names and all(type(n) is bytes for n in names):
                 failed = self._more_groups(call.number, names)
                 return None if failed is None else [failed] * count
             return [unexpected(reply)] * count
-        if len(reply) != count:
+        if len(reply) != PER_ENTRY_REPLY * count:
             return [unexpected(reply)] * count
         return [
-            self._outcome(messages[i], part) for i, part in zip(call.positions, reply, strict=True)
+            self._outcome(messages[i], reply[at : at + PER_ENTRY_REPLY])
+            for i, at in zip(call.positions, range(0, len(reply), PER_ENTRY_REPLY), strict=True)
         ]
 
-    def _outcome(self, message: Message, reply: object) -> Outcome:
+    def _outcome(self, message: Message, reply: list[object]) -> Outcome:
         decided = decision(reply)
         if decided is not None:
             return decided
-        if type(reply) is not list or not reply or not all(type(p) is bytes for p in reply):
+        head, detail, at, new = reply
+        if not all(type(part) is bytes for part in reply) or (at, new) != (b"", b""):
             return unexpected(reply)
-        head, *rest = reply
-        if head == b"!unknown_number" and not rest:
-            detail = f"no settings for account {message.account} number {message.number}"
-            return Rejection("unknown_number", detail)
-        if head == b"!invalid_data" and len(rest) == 1:
-            return Rejection("invalid_data", rest[0].decode(errors="backslashreplace"))
+        if head == b"!unknown_number" and detail == b"":
+            text = f"no settings for account {message.account} number {message.number}"
+            return Rejection("unknown_number", text)
+        if head == b"!invalid_data" and isinstance(detail, bytes):
+            return Rejection("invalid_data", detail.decode(errors="backslashreplace"))
         return unexpected(reply)
 
     def _more_groups(self, number: tuple[str, str], names: list[bytes]) -> Rejection | None:
