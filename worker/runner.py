@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis.exceptions import ConnectionError, ResponseError, TimeoutError
 
@@ -464,14 +464,7 @@ class Runner:
         )
 
 
-class Stoppable(Protocol):
-    @property
-    def stop_requested_at(self) -> float | None: ...
-
-    def request_stop(self) -> None: ...
-
-
-def handle_signals(runner: Stoppable) -> None:
+def handle_signals(runner: Runner) -> None:
     """A first TERM/INT finishes the batch in hand; a second exits at once."""
 
     def on_signal(signum: int, _frame: object) -> None:
