@@ -16,7 +16,7 @@ import pytest
 
 from worker import admin, keys, partitions, scripts
 from worker.log import logger
-from worker.partitioned import make_runner
+from worker.runner import Runner
 from worker.settings import Settings
 
 ACCOUNT, NUMBER = "acme", "15550001000"
@@ -50,8 +50,8 @@ def send(
 
 
 def run_burst(rb: Any, settings: Settings, consumer: str = "test") -> int:
-    """A burst worker: one Runner, or one lane per partition with ROTA_INBOUND_PARTITIONS."""
-    return make_runner(rb, settings, logger(settings), consumer=consumer).run(burst=True)
+    """A burst worker, over every partition with ROTA_INBOUND_PARTITIONS."""
+    return Runner(rb, settings, logger(settings), consumer=consumer).run(burst=True)
 
 
 def events(rd: Any, settings: Settings) -> list[dict[str, str]]:

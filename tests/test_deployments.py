@@ -259,7 +259,7 @@ def test_claimed_backlog_is_decided_in_full_batches_without_waiting_between_them
     # When it runs until nothing is pending
     steps = 0
     while pending_count(rd) > 0 and steps < 20:
-        runner._step(False, settings.block_ms)
+        runner._step(runner.lanes[0], settings.block_ms)
         steps += 1
 
     # Then the backlog went through the same batched decisions as new entries, one batch a

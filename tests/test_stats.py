@@ -23,7 +23,7 @@ from tests.redis_server import RedisServer
 from worker import admin, chats, keys
 from worker.clock import server_ms
 from worker.log import logger
-from worker.partitioned import make_runner
+from worker.runner import Runner
 from worker.settings import Settings
 
 
@@ -100,7 +100,7 @@ def test_a_repeat_in_a_later_batch_of_the_same_millisecond_is_not_counted_again(
     # When a message is decided, then delivered again and decided in a batch of its own
     for _ in range(2):
         send(rd, settings, "447700900001", message_id="wamid.1")
-        assert make_runner(rb, settings, logger(settings), clock=clock).run(burst=True) == 0
+        assert Runner(rb, settings, logger(settings), clock=clock).run(burst=True) == 0
     assert [e["user"] for e in events(rd, settings)] == ["A", "A"]
     # Then the decision says the second is a repeat, and the chat counts once
     assert chats.today(rd, "acme", clock.now_ms()) == {"A": 1}

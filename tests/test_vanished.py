@@ -59,9 +59,10 @@ def given_batch_decided_but_not_published(rd: Any, rb: Any, settings: Settings) 
     given_five_available_users(rd)
     rd.set(settings.events_stream, "not a stream")
     runner = Runner(rb, settings, logger(settings), consumer="decider")
-    runner._prepare()
+    [lane] = runner.lanes
+    runner._prepare(lane)
     with pytest.raises(ResponseError, match="WRONGTYPE"):
-        runner._step(burst=True, block=None)
+        runner._step(lane, block=None)
     rd.delete(settings.events_stream)
     assert len(rd.hgetall(keys.owners(ACCOUNT, NUMBER))) == 10, "decided"
     assert pending_count(rd) == 10

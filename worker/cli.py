@@ -178,14 +178,13 @@ def build_parser() -> Parser:
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from worker.log import logger, redacted_url
     from worker.metrics import Metrics, StreamGauges
-    from worker.partitioned import make_runner
-    from worker.runner import handle_signals
+    from worker.runner import Runner, handle_signals
 
     log = logger(settings)
     client = connection.connect(settings, blocking=True)
     metrics = Metrics()
     metrics.watch(StreamGauges(client, settings))
-    runner = make_runner(client, settings, log, metrics=metrics)
+    runner = Runner(client, settings, log, metrics=metrics)
     if runner.webhooks is not None:
         from worker.webhook import WebhookGauges
 
@@ -204,6 +203,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         if server is not None:
             server.close()
+        client.close()  # the pool's connections; the runner closed its own
 
 
 def cmd_webhooks(args: argparse.Namespace, settings: Settings) -> int:

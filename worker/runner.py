@@ -10,12 +10,14 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis.exceptions import ConnectionError, ResponseError, TimeoutError
 
-from worker import chats, connection, redis_setup, retention, stream, vanished
+from worker import chats, connection, partitions, redis_setup, retention, stream, vanished
 from worker.assign import Assigner, Decision
 from worker.clock import Clock, ServerClock
 from worker.connection import is_passing_cluster_error, refusal, server_refusal
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
 
 BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.1, 5.0
 STALE_CONSUMER_IDLE_MS = 3_600_000
+T = TypeVar("T")
 
 
 def default_consumer() -> str:
@@ -58,7 +61,41 @@ def webhooks_for(client: Any, settings: Settings) -> Webhooks | None:
     return Webhooks(client, settings)
 
 
+class BudgetSpent(Exception):
+    """The shutdown budget ran out while Redis could not be reached: the worker gives up,
+    leaving what it holds pending for another worker to claim."""
+
+
+@dataclass(eq=False)
+class Lane:
+    """One inbound partition as the loop sees it: its stream (``settings.inbound_stream``),
+    its claimer, what Redis refused (tried again first), what was published and waits for its
+    XACK, and its timers. Decisions, dead letters and acknowledgements stay on its stream."""
+
+    settings: Settings
+    claimer: stream.Claimer
+    held: list[Entry] = field(default_factory=list)
+    acks: list[str] = field(default_factory=list)
+    unpublished: vanished.Unpublished = field(default_factory=vanished.Unpublished)
+    next_claim: float = 0.0
+    next_sweep: float = 0.0
+
+    @property
+    def stream(self) -> str:
+        return self.settings.inbound_stream
+
+
 class Runner:
+    """The worker over every inbound partition (``ROTA_INBOUND_PARTITIONS``), one lane each,
+    on one connection, one clock and one set of metrics.
+
+    With one partition each step reads blocking up to ROTA_BLOCK_MS. With more, partitions may
+    live on different Cluster masters and one XREADGROUP may not span slots, so lanes are read
+    in turn without blocking; only when every lane came back empty does the worker block, at
+    most ROTA_PARTITION_BLOCK_MS, on one lane (a different one each time), which bounds the
+    extra latency an idle worker adds.
+    """
+
     def __init__(
         self,
         client: Any,
@@ -70,55 +107,75 @@ class Runner:
     ):
         self.client = client
         self.clock = clock or ServerClock(client)  # tests inject their own
-        self.transport = connection.transport(client)  # the hot path's own connection
+        self.transport = connection.transport(client)  # the hot path's, for every lane
         self.settings = settings
         self.consumer = consumer or settings.consumer or default_consumer()
         self.log = log.bind(consumer=self.consumer)
         self.metrics = metrics or Metrics()
         self.webhooks = webhooks_for(client, settings)
         self._debug = level(settings) <= logging.DEBUG  # decided once, not per decision
-        self._acks: list[str] = []  # published, to acknowledge with the next read
         self.scripts = Scripts(client)
         self.assigner = Assigner(self.scripts, settings.dedup_window_s)
-        self.claimer = stream.Claimer(settings, self.consumer)
+        self.lanes = [self._lane(name) for name in partitions.inbound_streams(settings)]
         self.stop_requested_at: float | None = None
         self._burst = False  # a burst gives up on a failing Redis after the shutdown budget
-        self._held: list[Entry] = []  # refused by Redis (out of memory...): tried again first
         self._claim_every_s = min(max(settings.claim_idle_ms / 4000, 0.01), 5.0)
-        self._next_claim = 0.0
-        self._next_sweep = 0.0
-        self._unpublished = vanished.Unpublished()
+        self._turn = 0  # the lane an idle worker blocks on next
+
+    def _lane(self, name: str) -> Lane:
+        settings = self.settings.model_copy(update={"inbound_stream": name})
+        return Lane(settings, stream.Claimer(settings, self.consumer))
 
     def request_stop(self) -> None:
         if self.stop_requested_at is None:
             self.stop_requested_at = time.monotonic()
 
     def run(self, burst: bool = False) -> int:
-        """0 after a clean stop (or a drained burst); 1 when the shutdown budget ran out."""
+        """0 after a clean stop (or a drained burst); 1 when the shutdown budget ran out (what
+        it held stays pending: another worker claims it)."""
         self._burst = burst
-        self.log.info("worker started", burst=burst, stream=self.settings.inbound_stream)
-        if self._with_retry(self._check_server) is None:
-            return 1  # Redis never answered, and the budget ran out
-        if self._with_retry(self._prepare) is None:
-            return 1  # stopped before Redis ever answered, and the budget ran out
-        block = None if burst else self.settings.block_ms
-        while self.stop_requested_at is None:
-            drained = self._with_retry(lambda: self._step(burst, block))
-            if drained is None:
-                return 1
-            if burst and drained:
-                break
-        left = self._with_retry(self._leave)
-        self.transport.close()
-        if left is None:
-            return 1  # what it held stays pending: another worker claims it
+        streams = [lane.stream for lane in self.lanes]
+        self.log.info("worker started", burst=burst, streams=streams)
+        try:
+            self._with_retry(self._check_server)  # every lane talks to the same Redis
+            for lane in self.lanes:
+                self._with_retry(partial(self._prepare, lane))
+            while self.stop_requested_at is None:
+                drained = self._round(burst)
+                if burst and drained:
+                    break
+            for lane in self.lanes:
+                self._with_retry(partial(self._leave, lane))
+        except BudgetSpent:
+            return 1
+        finally:
+            self.transport.close()
         self.log.info("worker stopped")
         return 0
 
-    def _with_retry(self, action: Any) -> Any:
-        """Runs the action until Redis answers, backing off between tries; None when the
-        shutdown budget ran out meanwhile (see _budget_left). The only retry layer: the client
-        tries each command once."""
+    def _round(self, burst: bool) -> bool:
+        """A step on every lane; True when none had anything left to do. One lane reads
+        blocking (none in a burst); of several, each reads without blocking, and only when all
+        came back empty does one of them, in turn, block briefly."""
+        if len(self.lanes) == 1:
+            block = None if burst else self.settings.block_ms
+            return self._with_retry(partial(self._step, self.lanes[0], block))
+        drained = True
+        for lane in self.lanes:
+            if self.stop_requested_at is not None:
+                return False
+            drained = self._with_retry(partial(self._step, lane, None)) and drained
+        if drained and not burst and self.stop_requested_at is None:
+            lane = self.lanes[self._turn % len(self.lanes)]
+            self._turn += 1
+            block = min(self.settings.partition_block_ms, self.settings.block_ms)
+            self._with_retry(partial(self._step, lane, block))
+        return drained
+
+    def _with_retry(self, action: Callable[[], T]) -> T:
+        """Runs the action until Redis answers, backing off between tries; raises BudgetSpent
+        when the shutdown budget ran out meanwhile (see _budget_left). The only retry layer:
+        the client tries each command once."""
         delay = BACKOFF_FIRST_S
         failing_since: float | None = None
         while True:
@@ -133,14 +190,14 @@ class Runner:
                         "redis unreachable, retrying", error=str(error), retry_in_s=delay
                     )
                 elif "NOGROUP" in str(error):
-                    self._recreate_group()
+                    self._recreate_groups()
                 elif (cause := server_refusal(error)) is not None:
                     # About Redis, not the entries: they are held, their count untouched.
                     self.log.error(
                         "redis refused, backing off",
                         refusal=cause,
                         error=str(error),
-                        held=len(self._held),
+                        held=sum(len(lane.held) for lane in self.lanes),
                         retry_in_s=delay,
                     )
                 else:
@@ -151,7 +208,7 @@ class Runner:
             left = self._budget_left(failing_since)
             if left <= 0:
                 self.log.error("shutdown budget spent while redis was unreachable")
-                return None
+                raise BudgetSpent
             time.sleep(min(delay, left))  # a backoff never outlasts the budget
             delay = min(delay * 2, BACKOFF_MAX_S)
 
@@ -167,113 +224,110 @@ class Runner:
             left = min(left, budget - (now - failing_since))
         return left
 
-    def _recreate_group(self) -> None:
-        with contextlib.suppress(ConnectionError, TimeoutError, ResponseError):
-            self._ensure_group()  # else the retry loop tries again
+    def _recreate_groups(self) -> None:
+        """After NOGROUP: every lane's group (a check each, created where missing)."""
+        for lane in self.lanes:
+            with contextlib.suppress(ConnectionError, TimeoutError, ResponseError):
+                self._ensure_group(lane)  # else the retry loop tries again
 
-    def _ensure_group(self) -> None:
+    def _ensure_group(self, lane: Lane) -> None:
         """Creates the group if it is missing, and says so once: only the worker whose
         XGROUP CREATE succeeded logs it."""
-        created_at = stream.ensure_group(self.client, self.settings)
+        created_at = stream.ensure_group(self.client, lane.settings)
         if created_at == "0":  # a new stream or a first start: nothing to tell at info
-            self.log.debug("consumer group created", stream=self.settings.inbound_stream)
+            self.log.debug("consumer group created", stream=lane.stream)
         elif created_at is not None:
             self.log.warning(
                 "consumer group was missing: created again where it had published everything",
-                stream=self.settings.inbound_stream,
+                stream=lane.stream,
                 after=created_at,
             )
 
-    def _check_server(self) -> bool:
+    def _check_server(self) -> None:
         redis_setup.check(self.client, self.settings, self.log)
-        return True
 
-    def _prepare(self) -> bool:
+    def _prepare(self, lane: Lane) -> None:
         self.clock.sync_if_due()
-        self._ensure_group()
-        self._sweep()
-        self._prune_consumers()
+        self._ensure_group(lane)
+        self._sweep(lane)
+        self._prune_consumers(lane)
         # Listed in XINFO CONSUMERS from now on, not from its first entry (`rota demo` waits
         # for this: its handlers for SIGTERM are in place by then).
-        self.client.xgroup_createconsumer(
-            self.settings.inbound_stream, self.settings.group, self.consumer
-        )
-        return True  # _with_retry's None means the shutdown budget ran out
+        self.client.xgroup_createconsumer(lane.stream, self.settings.group, self.consumer)
 
-    def _prune_consumers(self) -> None:
+    def _prune_consumers(self, lane: Lane) -> None:
         """Consumers that hold nothing and have not been seen for an hour are gone for good.
         The script checks again as it deletes: one may have been given an entry since."""
-        name, group = self.settings.inbound_stream, self.settings.group
-        for info in self.client.xinfo_consumers(name, group):
+        for info in self.client.xinfo_consumers(lane.stream, self.settings.group):
             if int(info["pending"]) == 0 and int(info["idle"]) > STALE_CONSUMER_IDLE_MS:
-                self._delete_consumer(info["name"], STALE_CONSUMER_IDLE_MS)
+                self._delete_consumer(lane, info["name"], STALE_CONSUMER_IDLE_MS)
 
-    def _leave(self) -> bool:
-        self._flush_acks()
-        self._sweep()
-        self._delete_consumer(self.consumer)  # kept if it holds anything, for a claimer
-        return True
+    def _leave(self, lane: Lane) -> None:
+        self._flush_acks(lane)
+        self._sweep(lane)
+        self._delete_consumer(lane, self.consumer)  # kept if it holds anything, for a claimer
 
-    def _delete_consumer(self, consumer: str | bytes, idle_ms: int = 0) -> bool:
+    def _delete_consumer(self, lane: Lane, consumer: str | bytes, idle_ms: int = 0) -> bool:
         name = consumer.decode() if isinstance(consumer, bytes) else consumer
         return stream.delete_consumer(
-            self.client, self.scripts.delconsumer, self.settings, name, idle_ms
+            self.client, self.scripts.delconsumer, lane.settings, name, idle_ms
         )
 
-    def _step(self, burst: bool, block: int | None) -> bool:
-        """One batch, reading new entries blocking at most ``block`` ms (None: not at all);
-        True when nothing was left to do: nothing new, nothing old to claim."""
+    def _step(self, lane: Lane, block: int | None) -> bool:
+        """One batch of the lane, reading new entries blocking at most ``block`` ms (None: not
+        at all); True when nothing was left to do: nothing new, nothing old to claim."""
         self.clock.sync_if_due()  # before reading: a failed TIME strands no entry read
-        if self._held:
-            held, self._held = self._held, []
-            self._handle(held)
+        if lane.held:
+            held, lane.held = lane.held, []
+            self._handle(lane, held)
             return False
-        if time.monotonic() >= self._next_sweep:
-            self._sweep()
+        if time.monotonic() >= lane.next_sweep:
+            self._sweep(lane)
         claimed = None
-        if time.monotonic() >= self._next_claim:
-            claimed = self._claim()
+        if time.monotonic() >= lane.next_claim:
+            claimed = self._claim(lane)
         # While claiming still finds entries, new ones are read between its batches, without
         # waiting: a backlog drains at the speed of new entries.
         wait = None if claimed else block
-        entries = stream.read_new(self.transport, self.settings, self.consumer, wait, self._acks)
-        self._acks = []
+        entries = stream.read_new(self.transport, lane.settings, self.consumer, wait, lane.acks)
+        lane.acks = []
         if entries:
-            self._handle(entries)
+            self._handle(lane, entries)
             return False
-        return not (claimed if claimed is not None else self._claim())
+        return not (claimed if claimed is not None else self._claim(lane))
 
-    def _flush_acks(self) -> None:
-        stream.ack(self.transport, self.settings, self._acks)
-        self._acks = []
+    def _flush_acks(self, lane: Lane) -> None:
+        stream.ack(self.transport, lane.settings, lane.acks)
+        lane.acks = []
 
-    def _sweep(self) -> None:
+    def _sweep(self, lane: Lane) -> None:
         """Notes how far the group got and trims what every group acknowledged."""
-        self._next_sweep = time.monotonic() + self.settings.inbound_trim_every_s
-        retention.sweep(self.transport, self.settings, self.clock.now_ms())
+        lane.next_sweep = time.monotonic() + self.settings.inbound_trim_every_s
+        retention.sweep(self.transport, lane.settings, self.clock.now_ms())
 
-    def _claim(self) -> bool:
+    def _claim(self, lane: Lane) -> bool:
         """Takes over what idle consumers left, a batch at a time, decided like new entries;
         True when there was something to take. The next claim is due at once while there
         was, else on a timer (XPENDING walks the pending list)."""
-        claimed = self.claimer.claim(self.transport)
+        claimed = lane.claimer.claim(self.transport)
         found = bool(claimed.poison or claimed.retry or claimed.vanished or claimed.more)
-        self._next_claim = time.monotonic() + (0 if found else self._claim_every_s)
+        lane.next_claim = time.monotonic() + (0 if found else self._claim_every_s)
         if claimed.poison or claimed.retry:
             self.metrics.claimed.inc(len(claimed.poison) + len(claimed.retry))
-        self._handle(claimed.retry)  # first: if Redis refuses it, these are held
-        self._bury(claimed.poison)
-        self._settle(claimed.vanished)
+        self._handle(lane, claimed.retry)  # first: if Redis refuses it, these are held
+        self._bury(lane, claimed.poison)
+        self._settle(lane, claimed.vanished)
         return found
 
-    def _bury(self, poison: Sequence[Entry]) -> None:
+    def _bury(self, lane: Lane, poison: Sequence[Entry]) -> None:
         if not poison:
             return
         letters = [dead_letter(e, "poison", f"failed {e.deliveries} deliveries") for e in poison]
-        self._publish(len(poison), [], letters, [e.inbound_id for e in poison], self.clock.now_ms())
-        self.log.error("poison entries dead-lettered", inbound_ids=[e.inbound_id for e in poison])
+        ids = [e.inbound_id for e in poison]
+        self._publish(lane, len(poison), [], letters, ids, self.clock.now_ms())
+        self.log.error("poison entries dead-lettered", inbound_ids=ids)
 
-    def _settle(self, gone: Sequence[Entry]) -> None:
+    def _settle(self, lane: Lane, gone: Sequence[Entry]) -> None:
         """Entries deleted while pending: the decision this worker made for one but could not
         publish is published; the rest are dead-lettered `vanished`."""
         if not gone:
@@ -281,13 +335,13 @@ class Runner:
         records: list[Record] = []
         letters = []
         for entry in gone:
-            known = self._unpublished.take(entry.inbound_id)
+            known = lane.unpublished.take(entry.inbound_id)
             if known is not None:
                 records.append(known)
             else:
                 letters.append(dead_letter(entry, "vanished", vanished.DETAIL))
         ids = [e.inbound_id for e in gone]
-        self._publish(len(gone), records, letters, ids, self.clock.now_ms())
+        self._publish(lane, len(gone), records, letters, ids, self.clock.now_ms())
         self.log.warning(
             "entries deleted from the stream while pending",
             inbound_ids=ids,
@@ -295,7 +349,7 @@ class Runner:
             dead_lettered=len(letters),
         )
 
-    def _handle(self, entries: Sequence[Entry]) -> None:
+    def _handle(self, lane: Lane, entries: Sequence[Entry]) -> None:
         """Decides and publishes a batch (acknowledged with the next read). What Redis refused
         to decide or publish (out of memory, ...) or could not be sent (Redis away) is held, to
         be tried again first once _with_retry has backed off, without counting a delivery: the
@@ -303,21 +357,21 @@ class Runner:
         if not entries:
             return
         try:
-            refused = self._decide_and_publish(entries)
+            refused = self._decide_and_publish(lane, entries)
         except (ConnectionError, TimeoutError):
-            self._held = list(entries)  # Redis away: nothing to put back, nothing published
+            lane.held = list(entries)  # Redis away: nothing to put back, nothing published
             raise
         except ResponseError as error:
             if server_refusal(error) is None:
                 raise
             refused = (list(entries), error)  # the publish: all of it again (at least once)
         if refused is not None:
-            self._held, held_refusal = refused
-            stream.defer(self.client, self.settings, self.consumer, self._held)
+            lane.held, held_refusal = refused
+            stream.defer(self.client, lane.settings, self.consumer, lane.held)
             raise held_refusal
 
     def _decide_and_publish(
-        self, entries: Sequence[Entry]
+        self, lane: Lane, entries: Sequence[Entry]
     ) -> tuple[list[Entry], ResponseError] | None:
         """Publishes what was decided or rejected; the entries Redis refused to decide, with
         the first refusal, or None."""
@@ -364,13 +418,14 @@ class Runner:
             done.append(entry.inbound_id)
         records = [record for record, _ in decided]
         new = [record for record, decision in decided if decision.new]
-        self._publish(len(entries), records, dead, done, now, new)
+        self._publish(lane, len(entries), records, dead, done, now, new)
         if deferred:
-            stream.defer(self.client, self.settings, self.consumer, deferred)
+            stream.defer(self.client, lane.settings, self.consumer, deferred)
         return (refused, held_refusal) if held_refusal is not None else None
 
     def _publish(
         self,
+        lane: Lane,
         entries: int,
         records: list[Record],
         dead: list[dict[Any, Any]],
@@ -386,14 +441,14 @@ class Runner:
         counts = chats.count(new, now)
         events = [record.to_fields() for record in records]
         try:
-            stream.publish(self.transport, self.settings, events, dead, counts, also)
+            stream.publish(self.transport, lane.settings, events, dead, counts, also)
         except BaseException:
-            self._unpublished.remember(records)  # published if their entries vanish
+            lane.unpublished.remember(records)  # published if their entries vanish
             raise
-        self._unpublished.forget(records)
+        lane.unpublished.forget(records)
         # Acknowledged with the next read: one round trip fewer per batch, and only once
         # every write above succeeded.
-        self._acks.extend(done)
+        lane.acks.extend(done)
         self.metrics.batch(entries, records, dead, self.clock.now_ms())
         if webhooks is not None:
             self.metrics.webhooks.inc(len(records))
@@ -409,14 +464,7 @@ class Runner:
         )
 
 
-class Stoppable(Protocol):
-    @property
-    def stop_requested_at(self) -> float | None: ...
-
-    def request_stop(self) -> None: ...
-
-
-def handle_signals(runner: Stoppable) -> None:
+def handle_signals(runner: Runner) -> None:
     """A first TERM/INT finishes the batch in hand; a second exits at once."""
 
     def on_signal(signum: int, _frame: object) -> None:
