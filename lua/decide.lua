@@ -397,18 +397,31 @@ local function firstEligibleFrom(eligible, from)
 end
 
 -- Rule 3: the cursor's move to just past the first eligible user of L, and that user; nil when
--- nobody is eligible.
+-- nobody is eligible. Places and presence already read are looked up here, not through
+-- eligibleAt: this runs once per message.
 local function roundRobin(num)
   local n = num.n
   if n == 0 then
     return nil
   end
-  local start = cursorOf(num) % n
+  local start = (num.cursor or cursorOf(num)) % n
   if not num.eligible then
-    for i = 0, math.min(n, FULL_AFTER) - 1 do
+    local places, available, onlineOnly = num.places, num.available, num.onlineOnly
+    local walk = n < FULL_AFTER and n or FULL_AFTER
+    for i = 0, walk - 1 do
       local place = (start + i) % n
-      if eligibleAt(num, place) then
-        return i + 1, num.places[place + 1]
+      local user = places[place + 1]
+      local eligible
+      if user and not onlineOnly then
+        eligible = true
+      elseif user and available[user] ~= nil then
+        eligible = available[user]
+      else
+        eligible = eligibleAt(num, place)
+        user = places[place + 1]
+      end
+      if eligible then
+        return i + 1, user
       end
     end
     if n <= FULL_AFTER then
