@@ -10,8 +10,9 @@
   configuration version (KEYS[7]) differs from the one they were compiled at, or they are not
   what the stamp (KEYS[10]) says they are (missing, of another size or type).
 
-  Rule 3 walks L from the cursor. Places are read CHUNK at a time with their users' presence,
-  so a call reads about as many places as the batch moves the cursor over. A walk that passes
+  Rule 3 walks L from the cursor. Places are read CHUNK at a time (fewer for a call of fewer
+  entries: one message reads one place) with their users' presence, so a call reads about as
+  many places as the batch moves the cursor over. A walk that passes
   FULL_AFTER places without an eligible user (a night shift: 1,000 members, one available)
   reads all of L and its presence once, and from then on every message of the call finds its
   user by binary search among the eligible places: the cost per message no longer grows with
@@ -83,7 +84,7 @@ local AVAILABLE = 'available'
 -- it counts as unavailable and is never read, so a huge value costs nothing.
 local MAX_STATUS_BYTES = 64
 local MAX_CURSOR_DIGITS = 15 -- exact in Lua's numbers, and far from INCRBY's overflow
-local CHUNK = 32 -- places of L read at a time while walks are short
+local CHUNK = 32 -- places of L read at a time while walks are short (at most)
 local FULL_AFTER = 64 -- a walk this long reads all of L once (see the header)
 local BATCH = 1000 -- elements per variadic call, well under Lua's stack limit
 
@@ -277,6 +278,7 @@ local function readNumber(customers)
     setting = setting, rebuilt = rebuilt, restricted = restricted, n = n,
     rawCursor = state[3], owners = owners, mayUse = {},
     onlineOnly = setting['online_only'] ~= '0', assignUnknown = setting['assign_unknown'] ~= '0',
+    chunk = math.min(CHUNK, #customers),
     places = rebuilt and rebuilt.rotation or {}, -- L by place + 1, as far as read
     available = {}, -- user -> whether available, as far as read
     eligible = nil, -- every eligible place, ascending, once all of L is read
@@ -361,7 +363,7 @@ end
 local function eligibleAt(num, place)
   local user = num.places[place + 1]
   if not user or (num.onlineOnly and num.available[user] == nil) then
-    readPlaces(num, place, math.min(place + CHUNK, num.n) - 1)
+    readPlaces(num, place, math.min(place + num.chunk, num.n) - 1)
     user = num.places[place + 1]
   end
   return not num.onlineOnly or num.available[user]
