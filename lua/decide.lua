@@ -561,9 +561,9 @@ local function ownerRule(num, owner, holder)
   if not mayUse and owner ~= adminOf(num) then
     return nil
   end
-  -- owner_online_only: only while the owner holds it open, or could take it now.
+  -- owner_online_only: only while the owner holds it open, or is online and within capacity.
   if num.ownerOnlineOnly and holder ~= owner
-      and not ((not num.onlineOnly or available(owner)) and withinCapacity(num, owner)) then
+      and not (available(owner) and withinCapacity(num, owner)) then
     return nil
   end
   return owner

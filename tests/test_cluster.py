@@ -107,7 +107,7 @@ def test_rota_partition_prints_the_accounts_stream_and_send_uses_it(
 
 def test_every_key_of_a_decision_is_in_its_accounts_slot() -> None:
     assigner = Assigner(Scripts(redis.Redis()), dedup_window_s=86_400)
-    assigner._groups[(ACCOUNT, NUMBER)] = ("sales", "night")  # as after a "!groups" reply
+    assigner._groups[ACCOUNT] = ("sales", "night")  # as after a "!groups" reply
     message = Message("1-0", ACCOUNT, NUMBER, "447700900001", "wamid.1")
 
     [call] = assigner.calls([message], 1_700_000_000_000)

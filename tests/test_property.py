@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from typing import Any
 
@@ -353,4 +354,171 @@ def test_long_rotations_with_few_available_decide_as_the_rules_model(
             assert assigner.decide(link, batch, now) == expected, step_no
             assert stored_cursor(rd) == state.cursor, step_no
             assert rd.hgetall(keys.owners(ACCOUNT, NUMBER)) == state.owners, step_no
+    link.close()
+
+
+# --- Conversations: capacity, presence TTL, owner_online_only, the CRM's activity ---------
+
+CONVERSATION_USERS = ["ann", "bob", "cy"]
+# Enough customers that rule 3 comes round to users at capacity again and again.
+MANY_CUSTOMERS = [f"4477009000{i:02d}" for i in range(6)]
+customers = st.sampled_from(MANY_CUSTOMERS)
+CONVERSATION_ENTRIES = {
+    "message": st.tuples(st.just("message"), st.sampled_from(NUMBERS), customers),
+    "closed": st.tuples(st.just("closed"), st.sampled_from(NUMBERS), customers),
+    "transfer": st.tuples(
+        st.just("transfer"),
+        st.sampled_from(NUMBERS),
+        customers,
+        st.sampled_from([*CONVERSATION_USERS, "dee"]),
+    ),
+    "replied": st.tuples(
+        st.just("replied"), st.sampled_from(NUMBERS), customers, st.sampled_from(CONVERSATION_USERS)
+    ),
+    "heartbeat": st.tuples(st.just("heartbeat"), st.sampled_from(CONVERSATION_USERS)),
+    "again": st.tuples(st.just("again"), st.integers(0, 60)),
+}
+# Mostly messages, so that rule 3 meets users at capacity, unheard and back again.
+CONVERSATION_KINDS = ["message"] * 6 + ["closed", "transfer", "replied", "heartbeat"] * 2
+conversation_entries = st.sampled_from([*CONVERSATION_KINDS, "again"]).flatmap(
+    CONVERSATION_ENTRIES.__getitem__
+)
+conversation_steps = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("batch"),
+            st.lists(st.tuples(conversation_entries, st.integers(0, 2_500)), max_size=16),
+        ),
+        st.tuples(st.just("clock"), st.integers(0, 3_000)),
+        st.tuples(st.just("presence"), st.sampled_from(CONVERSATION_USERS), statuses),
+    ),
+    min_size=1,
+    max_size=10,
+)
+
+
+def conversation_entry(
+    states: dict[str, rules.NumberState], entry: tuple[Any, ...], now: int, sent: int
+) -> tuple[str, str, str, str]:
+    """What the model decides for one activity or message: user, reason, previous, kind."""
+    kind = entry[0]
+    if kind == "heartbeat":
+        rules.heard(states[NUMBER], entry[1], sent)  # the numbers share one heard dict
+        return "", "heartbeat", "", kind
+    state, customer = states[entry[1]], entry[2]
+    state.now_ms = now
+    if kind == "message":
+        choice = rules.decide(state, customer)
+        rules.apply(state, customer, choice)
+        return choice.user, choice.reason, "", kind
+    if kind == "closed":
+        rules.close(state, customer)
+        return "", "closed", "", kind
+    if kind == "transfer":
+        return entry[3], "transfer", rules.transfer(state, customer, entry[3]), kind
+    rules.replied(state, customer, entry[3], sent)
+    return "", "replied", "", kind
+
+
+def as_message(entry: tuple[Any, ...], inbound_id: str, message_id: str) -> Message:
+    kind = entry[0]
+    if kind == "heartbeat":
+        return Message(inbound_id, ACCOUNT, "", "", message_id, kind, entry[1])
+    user = entry[3] if kind in ("transfer", "replied") else ""
+    return Message(inbound_id, ACCOUNT, entry[1], entry[2], message_id, kind, user)
+
+
+@settings(
+    deadline=None,
+    max_examples=200,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    first=st.fixed_dictionaries(
+        {
+            "groups": st.just({"g1": ["bob"]}),
+            "members": st.permutations(["ann", "bob", "cy", "dee"]).map(lambda u: u[:3]),
+            "access": st.just([]),
+            "assign_unknown": st.just(True),
+            "admin": st.sampled_from(["none", "number", "account"]),
+            "presence": st.dictionaries(st.sampled_from(CONVERSATION_USERS), statuses),
+            "cursor": st.integers(0, 5),
+        }
+    ),
+    capacity=st.sampled_from([0, 0, 1, 2, 3]),
+    owner_online_only=st.booleans(),
+    ttl_s=st.sampled_from([0, 1, 2, 3]),
+    online_only=st.sampled_from([True, True, True, False]),
+    steps=conversation_steps,
+)
+def test_conversations_decide_as_the_rules_model(
+    rd: Any,
+    rb: Any,
+    first: dict[str, Any],
+    capacity: int,
+    owner_online_only: bool,
+    ttl_s: int,
+    online_only: bool,
+    steps: list[tuple[Any, ...]],
+) -> None:
+    rb.flushdb()
+    first = {**first, "online_only": online_only}
+    shared_heard: dict[str, int] = {}
+    states = {}
+    for number_id in NUMBERS:
+        state = given_number_state(rd, first, number_id)
+        rd.hset(keys.number(ACCOUNT, number_id), "capacity", capacity)
+        rd.hset(keys.number(ACCOUNT, number_id), "owner_online_only", int(owner_online_only))
+        state.capacity, state.owner_online_only = capacity, owner_online_only
+        state.presence_ttl_ms, state.heard = ttl_s * 1000, shared_heard
+        states[number_id] = state
+    states[OTHER_NUMBER].presence = states[NUMBER].presence  # one account, one presence
+    rd.hset(keys.account_settings(ACCOUNT), "presence_ttl_s", ttl_s)
+    assigner, link = Assigner(Scripts(rb), dedup_window_s=86_400), transport(rb)
+    now, events_seen = 1_800_000_000_000, 0
+    sent_before: list[tuple[Message, Decision]] = []
+    for step_no, step in enumerate(steps):
+        if step[0] == "clock":
+            now += step[1]
+            continue
+        if step[0] == "presence":
+            set_presence(rd, states[NUMBER], step[1], step[2])
+            continue
+        batch: list[tuple[Message, Decision]] = []
+        for entry_no, (entry, ago) in enumerate(step[1]):
+            if entry[0] == "again":
+                if sent_before:
+                    message, decided = sent_before[entry[1] % len(sent_before)]
+                    batch.append((message, dataclasses.replace(decided, new=False)))
+                continue
+            sent = now - ago
+            message = as_message(
+                entry, f"{sent}-{step_no * 100 + entry_no}", f"c{step_no}.{entry_no}"
+            )
+            user, reason, previous, kind = conversation_entry(states, entry, now, sent)
+            event_id = ""
+            if kind == "transfer":
+                events_seen += 1
+                event_id = f"{ACCOUNT}:{events_seen}"
+            event(f"conversation {reason}")
+            batch.append((message, Decision(user, reason, now, True, previous, event_id)))
+        outcomes = assigner.decide(link, [m for m, _ in batch], now)
+
+        assert outcomes == [d for _, d in batch], step_no
+        assert [(o.previous, o.event_id, o.new) for o in outcomes if isinstance(o, Decision)] == [
+            (d.previous, d.event_id, d.new) for _, d in batch
+        ], step_no
+        for number_id, state in states.items():
+            assert stored_cursor(rd, number_id) == state.cursor, (step_no, number_id)
+            assert rd.hgetall(keys.owners(ACCOUNT, number_id)) == state.owners, step_no
+            assert rd.hgetall(keys.open_conversations(ACCOUNT, number_id)) == state.open, step_no
+            stored_load = {
+                u: int(n) for u, n in rd.hgetall(keys.open_counts(ACCOUNT, number_id)).items()
+            }
+            assert {u: n for u, n in stored_load.items() if n} == {
+                u: n for u, n in state.load.items() if n
+            }, step_no
+            assert set(rd.hkeys(keys.replied(ACCOUNT, number_id))) == state.replied, step_no
+        assert {u: int(t) for u, t in rd.hgetall(keys.heard(ACCOUNT)).items()} == shared_heard
+        sent_before.extend((m, d) for m, d in batch if d.new)
     link.close()
