@@ -48,6 +48,31 @@ def owners(account: str, number_: str) -> str:
     return f"{number(account, number_)}:owners"
 
 
+def heard(account: str) -> str:
+    """user -> unix ms Rota last heard from the user (presence set, heartbeat, replied)."""
+    return f"{account_prefix(account)}:heard"
+
+
+def open_conversations(account: str, number_: str) -> str:
+    """customer -> the user holding the customer's open conversation on the number."""
+    return f"{number(account, number_)}:open"
+
+
+def open_counts(account: str, number_: str) -> str:
+    """user -> how many open conversations the user holds on the number."""
+    return f"{number(account, number_)}:load"
+
+
+def replied(account: str, number_: str) -> str:
+    """customer -> 1 when the user holding the open conversation has replied since it opened."""
+    return f"{number(account, number_)}:replied"
+
+
+def event_sequence(account: str) -> str:
+    """A counter that numbers the events published without a message (transfers...)."""
+    return f"{account_prefix(account)}:events"
+
+
 def version(account: str) -> str:
     """Bumped once by every write of members, access or groups (the rule is in
     worker.config_redis): compiled rotations go stale."""
