@@ -15,8 +15,10 @@ from worker.keys import group_name
 from worker.settings import Settings
 
 
-def set_account(client: Any, account: str, admin: str) -> None:
-    config_redis.set_account(client, account, admin)
+def set_account(
+    client: Any, account: str, admin: str | None = None, presence_ttl_s: int | None = None
+) -> None:
+    config_redis.set_account(client, account, admin, presence_ttl_s)
 
 
 def set_group(client: Any, account: str, group: str, users: Sequence[str]) -> None:
@@ -40,10 +42,20 @@ def set_number(
     assign_unknown: bool | None = None,
     online_only: bool | None = None,
     admin: str | None = None,
+    capacity: int | None = None,
+    owner_online_only: bool | None = None,
 ) -> list[str]:
     """Changes what is given, keeps the rest, atomically (worker.config_redis); new numbers get
     assign_unknown and online_only on. Returns warnings: members that access leaves out."""
-    change = config_redis.NumberChange(members, access, assign_unknown, online_only, admin)
+    change = config_redis.NumberChange(
+        members,
+        access,
+        assign_unknown,
+        online_only,
+        admin,
+        capacity=capacity,
+        owner_online_only=owner_online_only,
+    )
     config_redis.set_number(client, account, number, change)
     state = load_number(client, account, number)
     may_use = rules.allowed(state)
