@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from worker import chats, clock, config_redis, keys, partitions, presence, rules
+from worker import chats, clock, config_redis, keys, presence, rules
+from worker import client as rota_client
 from worker.config import NumberConfig
 from worker.keys import group_name
 from worker.settings import Settings
@@ -26,7 +27,8 @@ def set_group(client: Any, account: str, group: str, users: Sequence[str]) -> No
 
 
 def set_presence(client: Any, account: str, user: str, status: str) -> None:
-    client.hset(keys.presence(account), user, status)
+    """The status as given (tests write what a CRM's HSET could), heard now (worker.client)."""
+    rota_client.write_presence(client, account, user, status)
 
 
 def set_owner(client: Any, account: str, number: str, customer: str, user: str) -> None:
@@ -116,7 +118,5 @@ def show_number(client: Any, account: str, number: str) -> dict[str, Any] | None
 
 
 def send(client: Any, settings: Settings, fields: dict[str, str]) -> str:
-    """XADD to the inbound stream, or to the account's partition (worker.partitions)."""
-    stream = partitions.inbound_stream(settings, fields.get("account"))
-    entry_id: str = client.xadd(stream, fields)
-    return entry_id
+    """XADD, unchecked, to the inbound stream, or to the account's partition."""
+    return rota_client.add(client, settings, fields)
