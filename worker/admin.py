@@ -93,14 +93,23 @@ def show_number(client: Any, account: str, number: str) -> dict[str, Any] | None
     if config is None:
         return None
     state = load_number(client, account, number)
+    # TODO(lead): eligible_now and next follow rules.py, which does not know capacity,
+    # presence_ttl_s or owner_online_only yet; once it does, load_number should pass them.
     next_choice = rules.decide(state, customer="")
     today = chats.today(client, account, clock.server_ms(client))
+    account_config = config_redis.read_account(client, account)
+    open_now = open_counts(client, account, number)
+    users = rules.rotation(state)
+    full = [u for u in users if open_now.get(u, 0) >= config.capacity] if config.capacity else []
     return {
         "account": account,
         "number": number,
         "settings": {
             "assign_unknown": state.assign_unknown,
             "online_only": state.online_only,
+            "capacity": config.capacity,
+            "owner_online_only": config.owner_online_only,
+            "presence_ttl_s": account_config.presence_ttl_s,
             "admin": config.admin,
             "effective_admin": state.admin,
         },
@@ -112,9 +121,19 @@ def show_number(client: Any, account: str, number: str) -> dict[str, Any] | None
         "cursor": state.cursor,
         "next": {"user": next_choice.user, "reason": next_choice.reason},
         "known_customers": client.hlen(keys.owners(account, number)),
+        "open": open_now,  # open conversations per user on this number
+        "at_capacity": full,
         # New chats today (UTC) per user of the rotation, on all the account's numbers.
         "chats_today": {user: today.get(user, 0) for user in rules.rotation(state)},
     }
+
+
+def open_counts(client: Any, account: str, number: str) -> dict[str, int]:
+    """user -> open conversations on the number, users with none left out (a count written
+    by hand that is no whole number counts as none)."""
+    stored = client.hgetall(keys.open_counts(account, number))
+    counts = {user: config_redis.whole(value) for user, value in stored.items()}
+    return {user: counts[user] for user in sorted(counts) if counts[user] > 0}
 
 
 def send(client: Any, settings: Settings, fields: dict[str, str]) -> str:

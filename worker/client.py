@@ -86,14 +86,14 @@ class Rota:
         """One inbound message from ``customer`` (its ``from``) to ``number``; ``extra``
         fields (``name``, ``text``...) are carried along untouched. Returns the entry id."""
         fields = self._fields(account, number=number, **{"from": customer})
+        if message_id:
+            fields["message_id"] = message_id
         for name, value in extra.items():
             if name in _OWN_FIELDS:
                 raise Refused("invalid_field", f"{name} is not an extra field")
             if not isinstance(value, str):
                 raise Refused("invalid_field", f"{name} must be a string")
             fields[name] = value
-        if message_id:
-            fields["message_id"] = message_id
         rejected = messages.check(fields, self.settings.max_message_bytes)
         if rejected is not None:
             raise Refused(rejected.error, rejected.detail)
