@@ -1,99 +1,126 @@
 --[[
-  decide: who gets each inbound chat of a batch for one number, atomically and in stream order
-  (the contract's rules 1-5). One call decides every message the batch holds for the number:
-  settings, cursor, compiled rotation and the owners of the batch's customers are read once,
-  presence as far as the walk needs it, every decision is made in Lua memory, and owners,
-  cursor and de-duplication records are written once at the end.
+  decide: every entry of a batch for one account, atomically and in stream order: inbound
+  messages (the contract's rules 1-5 with the conversation settings) and the CRM's activity
+  (heartbeat, replied, closed, transfer). One call reads each number's settings, cursor and
+  compiled rotation once, the owners and open conversations of the batch's customers once,
+  presence, heartbeats and open counts as far as the decisions need them, decides every entry
+  in Lua memory, and writes what changed once at the end.
 
-  The number's rotation L (members with groups expanded, duplicates and users outside access
-  dropped) and its expanded access are compiled into KEYS[8] and KEYS[9] whenever the account's
-  configuration version (KEYS[7]) differs from the one they were compiled at, or they are not
-  what the stamp (KEYS[10]) says they are (missing, of another size or type).
+  A number's rotation L (members with groups expanded, duplicates and users outside access
+  dropped) and its expanded access are compiled into its rotation and allowed keys whenever the
+  account's configuration version differs from the one they were compiled at, or they are not
+  what the stamp says they are (missing, of another size or type).
 
-  Rule 3 walks L from the cursor. Places are read CHUNK at a time with their users' presence,
-  so a call reads about as many places as the batch moves the cursor over. A walk that passes
-  FULL_AFTER places without an eligible user (a night shift: 1,000 members, one available)
-  reads all of L and its presence once, and from then on every message of the call finds its
-  user by binary search among the eligible places: the cost per message no longer grows with
-  the members.
+  Rule 3 walks L from the cursor. Places are read CHUNK at a time (fewer for a call of fewer
+  entries: one message reads one place) with their users' presence, so a call reads about as
+  many places as the batch moves the cursor over. A walk that passes FULL_AFTER places without
+  an eligible user (a night shift: 1,000 members, one available) reads all of L and its
+  presence once, and from then on the call keeps the eligible places in order and finds each
+  message's user by binary search: the cost per message no longer grows with the members.
+
+  Eligible (rule 3) is: in L; available, i.e. status `available` (trimmed, any case; a value
+  longer than any status is measured with HSTRLEN, never read) and, with the account's
+  presence_ttl_s, heard from within it (a heartbeat or a reply, at the time of its entry;
+  `rota presence set` writes the heard hash itself); and, with the number's capacity, holding
+  fewer open conversations on the number. A conversation opens when a message's decision gives
+  it a user (counted for that user) and closes with a `closed` entry; a transfer moves it.
 
   Redis does not undo what a script wrote before it failed, so the script runs in two halves:
   the first reads and decides everything and writes nothing; the second only writes, with
   commands that cannot fail on what the first half checked (out of memory, Redis refuses a
   script's first write only). A key of the wrong type or a value the script cannot use
-  (written by hand) makes "!invalid_data" the reply of every message that needed it.
-
-  A status counts as available trimmed of whitespace and in any case; a presence value longer
-  than any status is measured (HSTRLEN), never read.
+  (written by hand) makes "!invalid_data" the reply of every entry that needed it.
 
   Input:
-    KEYS[1]  number settings   hash    rota:{A}:number:N          assign_unknown, online_only, admin
-    KEYS[2]  members           list    rota:{A}:number:N:members
-    KEYS[3]  access            set     rota:{A}:number:N:access
-    KEYS[4]  cursor            string  rota:{A}:number:N:cursor
-    KEYS[5]  owners            hash    rota:{A}:number:N:owners   customer -> user
-    KEYS[6]  presence          hash    rota:{A}:presence          user -> status
-    KEYS[7]  config version    string  rota:{A}:version           bumped by every change of
-                                                                  members, access or groups
-    KEYS[8]  compiled rotation list    rota:{A}:number:N:rotation  L
-    KEYS[9]  compiled access   set     rota:{A}:number:N:allowed   expanded access
-    KEYS[10] compile stamp     string  rota:{A}:number:N:compiled  "VERSION|RESTRICTED|SIZE"
-    KEYS[11] account settings  hash    rota:{A}:settings          admin
-    KEYS[12] decisions, this time bucket      hash  rota:{A}:dedup:B    NUMBER:MESSAGE_ID -> decision
-    KEYS[13] decisions, previous time bucket  hash  rota:{A}:dedup:B-1
-    KEYS[14..] group lists, one per name in ARGV[4..3+G], same order
+    KEYS[1]  presence          hash    rota:{A}:presence        user -> status
+    KEYS[2]  heard             hash    rota:{A}:heard           user -> unix ms last heard
+    KEYS[3]  account settings  hash    rota:{A}:settings        admin, presence_ttl_s
+    KEYS[4]  config version    string  rota:{A}:version         bumped by every change of
+                                                                members, access or groups
+    KEYS[5]  decisions, this time bucket      hash  rota:{A}:dedup:B     FIELD -> record
+    KEYS[6]  decisions, previous time bucket  hash  rota:{A}:dedup:B-1
+    KEYS[7]  event sequence    string  rota:{A}:events          numbers published events
+    then for each number j = 1..N, eleven keys from KEYS[8 + 11 * (j - 1)]:
+      +0 settings  hash    rota:{A}:number:N           assign_unknown, online_only, admin,
+                                                       capacity, owner_online_only
+      +1 members   list    rota:{A}:number:N:members
+      +2 access    set     rota:{A}:number:N:access
+      +3 cursor    string  rota:{A}:number:N:cursor
+      +4 owners    hash    rota:{A}:number:N:owners    customer -> user
+      +5 rotation  list    rota:{A}:number:N:rotation  L, compiled
+      +6 allowed   set     rota:{A}:number:N:allowed   the expanded access, compiled
+      +7 stamp     string  rota:{A}:number:N:compiled  "VERSION|RESTRICTED|SIZE"
+      +8 open      hash    rota:{A}:number:N:open      customer -> user holding it open
+      +9 load      hash    rota:{A}:number:N:load      user -> open conversations held
+      +10 replied  hash    rota:{A}:number:N:replied   customer -> 1 once its holder replied
+    then the group lists, one per name in ARGV[5..4+G], same order
 
-    ARGV[1]  now, unix milliseconds (becomes each decision's `at`)
-    ARGV[2]  unix milliseconds at which KEYS[12] may expire
-    ARGV[3]  G, how many group names follow
-    ARGV[4..3+G]  group names whose lists are KEYS[14..]
-    ARGV[4+G..]   the entries, in stream order, three arguments each:
-                  kind ("message"), customer, de-duplication field NUMBER:MESSAGE_ID
+    ARGV[1]  now, unix milliseconds (each decision's `at`)
+    ARGV[2]  unix milliseconds at which KEYS[5] may expire
+    ARGV[3]  N, the numbers
+    ARGV[4]  G, the group names
+    ARGV[5..4+G]  group names whose lists follow the numbers' keys
+    ARGV[5+G..]   the entries, in stream order, seven arguments each:
+      kind      message, heartbeat, replied, closed or transfer
+      number    j of the entry's number (0 for a heartbeat)
+      customer  the customer ("" for a heartbeat)
+      field     the de-duplication field (the worker's: NUMBER:MESSAGE_ID for a message)
+      user      the activity's user ("" for a message and closed)
+      earlier   the position in this call of the last entry before it of the same number and
+                customer, 0 for none
+      sent      unix ms of the entry (its stream id): when a heartbeat or reply was heard
 
-  A decision is remembered in KEYS[12] as the JSON array [user, reason, at] (at a string), so
-  no user id can break it; records of the format before, "user|reason|at", are still read.
-  Replies are arrays of bulk strings, which RESP frames by length: no user id breaks them.
+  A decision is remembered in KEYS[5] as a JSON array, [user, reason, at] or, for a transfer,
+  [user, "transfer", at, previous, event]; at and event are strings.
 
-  Output: four strings per entry, in the order given (a flat array, 4 x the entries):
-    user, reason, at, new            the decision; user is "" for unknown_disabled and
-                                     no_admin; new is "1" when this call decided, "0" when a
-                                     message decided before (in an earlier call or earlier in
-                                     this batch) got its first decision back
-    "!unknown_number", "", "", ""    the number has no settings
-    "!invalid_data", DETAIL, "", ""  a key of the wrong type or a value the script cannot use,
-                                     named in DETAIL; nothing of that entry written
+  Output: six strings per entry, in the order given (a flat array, 6 x the entries):
+    user, reason, at, new, previous, event
+                           the decision. reason is a message's rule (owner, unknown_disabled,
+                           round_robin, admin_fallback, no_admin; user "" for the second and
+                           last) or the activity's kind (heartbeat, replied, closed: user "",
+                           nothing to publish; transfer: the user, with the previous holder
+                           and the event's sequence number). new is "1" when this call
+                           decided, "0" when the entry had been decided before and this is
+                           that decision again.
+    "!unknown_number", "", "", "", "", ""    the entry's number has no settings
+    "!invalid_data", DETAIL, "", "", "", ""  a key of the wrong type or a value the script
+                                             cannot use, named in DETAIL
   or, for the whole call, an array holding one array:
-    {{"!groups", NAME...}}           compiling needs groups missing from KEYS; call again with
-                                     these (every group members and access name); nothing
-                                     written
+    {{"!groups", NAME...}}  compiling needs groups missing from KEYS; call again with these
+                            (every group a number's members and access name); nothing written
 ]]
 local rcall = redis.call
 
-local settingsKey, membersKey, accessKey = KEYS[1], KEYS[2], KEYS[3]
-local cursorKey, ownersKey, presenceKey = KEYS[4], KEYS[5], KEYS[6]
-local versionKey, rotationKey, allowedKey, stampKey = KEYS[7], KEYS[8], KEYS[9], KEYS[10]
-local accountKey, dedupKey, dedupPrevKey = KEYS[11], KEYS[12], KEYS[13]
+local presenceKey, heardKey, accountKey, versionKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local dedupKey, dedupPrevKey, eventsKey = KEYS[5], KEYS[6], KEYS[7]
+local FIRST_NUMBER_KEY, NUMBER_KEYS = 8, 11
 
-local now, dedupExpireAt, groupCount = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local now, dedupExpireAt = ARGV[1], ARGV[2]
+local numberCount, groupCount = tonumber(ARGV[3]), tonumber(ARGV[4])
 
-local FIRST_GROUP_ARG, FIRST_GROUP_KEY = 4, 14
-local ENTRY_ARGS = 3
+local FIRST_GROUP_ARG, ENTRY_ARGS = 5, 7
 local AVAILABLE = 'available'
 -- A presence value longer than this is no status (worker/presence.py has the same figure):
 -- it counts as unavailable and is never read, so a huge value costs nothing.
 local MAX_STATUS_BYTES = 64
-local MAX_CURSOR_DIGITS = 15 -- exact in Lua's numbers, and far from INCRBY's overflow
-local CHUNK = 32 -- places of L read at a time while walks are short
+local MAX_COUNT_DIGITS = 15 -- exact in Lua's numbers, and far from INCRBY's overflow
+local CHUNK = 32 -- places of L read at a time while walks are short (at most)
 local FULL_AFTER = 64 -- a walk this long reads all of L once (see the header)
 local BATCH = 1000 -- elements per variadic call, well under Lua's stack limit
+local REASONS = {
+  owner = true, unknown_disabled = true, round_robin = true, admin_fallback = true,
+  no_admin = true, heartbeat = true, replied = true, closed = true, transfer = true,
+}
 
 if not string.match(now, '^%d+$') or not string.match(dedupExpireAt, '^%d+$')
-    or not groupCount then
-  return redis.error_reply('ARGV[1] and ARGV[2] must be unix milliseconds, ARGV[3] a count')
+    or not numberCount or not groupCount then
+  return redis.error_reply('ARGV[1..4] must be unix milliseconds, unix milliseconds, counts')
 end
+local nowMs = tonumber(now)
 local firstEntryArg = FIRST_GROUP_ARG + groupCount
+local firstGroupKey = FIRST_NUMBER_KEY + NUMBER_KEYS * numberCount
 if (#ARGV - firstEntryArg + 1) % ENTRY_ARGS ~= 0 then
-  return redis.error_reply('the entries after ARGV[3+G] must come in threes')
+  return redis.error_reply('the entries after ARGV[4+G] must come in sevens')
 end
 
 -- Ends what is being decided with "!invalid_data", through the pcall that runs it.
@@ -114,49 +141,90 @@ local function read(key, command, ...)
   return reply
 end
 
--- A variadic read or write of many values, BATCH at a time; reads' replies are joined.
-local function chunked(key, command, values)
-  local joined = {}
+-- A variadic read of many values, BATCH at a time; the replies joined.
+local function readMany(key, command, values)
+  local joined, count = {}, 0
   for first = 1, #values, BATCH do
     local part = read(key, command, unpack(values, first, math.min(first + BATCH - 1, #values)))
-    if type(part) == 'table' then
-      for i = 1, #part do
-        joined[#joined + 1] = part[i]
-      end
+    for i = 1, #part do
+      joined[count + i] = part[i]
     end
+    count = count + #part
   end
   return joined
 end
 
--- A remembered decision: user, reason, at; or "!invalid_data".
+-- A count written by Rota (a cursor, an open count, a setting); or "!invalid_data".
+local function count(key, value, what)
+  if value == false or value == nil or value == '0' then
+    return 0
+  end
+  local digits = string.match(value, '^%-?([1-9]%d*)$')
+  if not (digits and #digits <= MAX_COUNT_DIGITS) then
+    invalid(key, what .. ' is not a count (' .. string.sub(value, 1, 20) .. ')')
+  end
+  return tonumber(value)
+end
+
+local function hashOf(flat)
+  local hash = {}
+  for i = 1, #flat, 2 do
+    hash[flat[i]] = flat[i + 1]
+  end
+  return hash
+end
+
+-- A remembered decision's user, reason, at, previous, event; or "!invalid_data".
 local function remembered(key, record, field)
-  local reasons = {
-    owner = true, unknown_disabled = true, round_robin = true,
-    admin_fallback = true, no_admin = true,
-  }
   if string.sub(record, 1, 1) == '[' then
     local ok, fields = pcall(cjson.decode, record)
-    if ok and type(fields) == 'table' and #fields == 3 and type(fields[1]) == 'string'
-        and reasons[fields[2]] and type(fields[3]) == 'string'
-        and string.match(fields[3], '^%d+$') then
-      return fields[1], fields[2], fields[3]
+    if ok and type(fields) == 'table' and (#fields == 3 or #fields == 5)
+        and type(fields[1]) == 'string' and REASONS[fields[2]]
+        and type(fields[3]) == 'string' and string.match(fields[3], '^%d+$')
+        and (#fields == 3 or (type(fields[4]) == 'string' and type(fields[5]) == 'string')) then
+      return fields[1], fields[2], fields[3], fields[4] or '', fields[5] or ''
     end
   end
   -- The format before JSON: reason and at are the last two fields, the user is what is left.
   local user, reason, at = string.match(record, '^(.*)|([%l_]+)|(%d+)$')
-  if user and reasons[reason] then
-    return user, reason, at
+  if user and REASONS[reason] then
+    return user, reason, at, '', ''
   end
   invalid(key, 'holds a decision that cannot be read for ' .. field)
 end
 
--- L and the expanded access from members, access and groups, in memory (the second half
--- stores them); or the whole call answers "!groups" when a group's key was not passed.
-local function compile(version)
+-- The account's shared state, read once by the first entry that needs it.
+local account
+local function readAccount()
+  local setting = hashOf(read(accountKey, 'HGETALL'))
+  local version = rcall('MGET', versionKey)[1] -- nil for a key of another type too
+  if not version then
+    read(versionKey, 'GET')
+  end
+  return {
+    setting = setting, version = version or '0',
+    ttlMs = count(accountKey, setting['presence_ttl_s'], 'presence_ttl_s') * 1000,
+    statusOk = {}, -- user -> whether the status is available, as far as read
+    heard = {}, -- user -> unix ms last heard (0: never), as far as read or heard in this call
+    heardChanged = {}, heardWrites = {}, -- users heard from in this call, in order
+    numbers = {}, -- the numbers read, for a user's eligibility that changes
+  }
+end
+
+local function accountState()
+  if not account then
+    account = readAccount()
+  end
+  return account
+end
+
+-- L and the expanded access of number `num` from members, access and groups, in memory (the
+-- second half stores them); or the whole call answers "!groups" when a group is not passed.
+local function compile(num)
   local GROUP_PREFIX = 'group:'
   local groupKey = {}
   for i = FIRST_GROUP_ARG, firstEntryArg - 1 do
-    groupKey[ARGV[i]] = KEYS[i - FIRST_GROUP_ARG + FIRST_GROUP_KEY]
+    groupKey[ARGV[i]] = KEYS[firstGroupKey + i - FIRST_GROUP_ARG]
   end
   local function groupName(entry)
     if string.sub(entry, 1, #GROUP_PREFIX) == GROUP_PREFIX then
@@ -184,8 +252,8 @@ local function compile(version)
     end
     return users
   end
-  local accessEntries = read(accessKey, 'SMEMBERS')
-  local memberEntries = read(membersKey, 'LRANGE', 0, -1)
+  local accessEntries = read(num.accessKey, 'SMEMBERS')
+  local memberEntries = read(num.membersKey, 'LRANGE', 0, -1)
   local accessUsers, memberUsers = expand(accessEntries), expand(memberEntries)
   if not accessUsers or not memberUsers then
     local names, listed = {'!groups'}, {}
@@ -212,19 +280,17 @@ local function compile(version)
       rotation[#rotation + 1] = user
     end
   end
-  return {
-    version = version, restricted = restricted, n = #rotation,
-    rotation = rotation, allowed = allowed, accessUsers = accessUsers,
-  }
+  return {restricted = restricted, n = #rotation, rotation = rotation, allowed = allowed,
+    accessUsers = accessUsers}
 end
 
 -- The compiled keys' restricted and |L| when they are what the stamp says; else nil.
-local function compiled(version, stamp)
+local function compiled(num, version, stamp)
   if not stamp then
     return nil
   end
   local compiledAt, restricted, n = string.match(stamp, '^(.*)|([01])|(%d+)$')
-  local length = redis.pcall('LLEN', rotationKey) -- an error (wrong type): not a number
+  local length = redis.pcall('LLEN', num.rotationKey) -- an error (wrong type): not a number
   if compiledAt ~= version or length ~= tonumber(n) then
     return nil
   end
@@ -233,90 +299,78 @@ local function compiled(version, stamp)
   end
   -- A restricting access that expands to nobody leaves no allowed key: compiled every time,
   -- which costs little, since its L is empty too.
-  local members = redis.pcall('SCARD', allowedKey)
+  local members = redis.pcall('SCARD', num.allowedKey)
   if type(members) ~= 'number' or members == 0 then
     return nil
   end
   return true, length
 end
 
--- What a call shares, read once by the first entry that needs it: the settings, the compiled
--- L (read lazily, see places), the owners of every customer of the batch. A failure is kept
--- and is the reply of every entry that needs it.
-local number, numberFailure
-
-local function readNumber(customers)
-  local settings = read(settingsKey, 'HGETALL')
-  if #settings == 0 then
+-- Number j's state, read once by its first entry: settings, compiled L (its places read
+-- lazily), and, by entry position, the owner and the open holder of each of its entries'
+-- customers before this call.
+local function readNumber(j, positions, customers)
+  local base = FIRST_NUMBER_KEY + NUMBER_KEYS * (j - 1)
+  local num = {
+    settingsKey = KEYS[base], membersKey = KEYS[base + 1], accessKey = KEYS[base + 2],
+    cursorKey = KEYS[base + 3], ownersKey = KEYS[base + 4], rotationKey = KEYS[base + 5],
+    allowedKey = KEYS[base + 6], stampKey = KEYS[base + 7], openKey = KEYS[base + 8],
+    loadKey = KEYS[base + 9], repliedKey = KEYS[base + 10],
+  }
+  local setting = hashOf(read(num.settingsKey, 'HGETALL'))
+  if next(setting) == nil then
     error({reply = {'!unknown_number'}}, 0)
   end
-  local setting = {}
-  for i = 1, #settings, 2 do
-    setting[settings[i]] = settings[i + 1]
-  end
-  -- MGET answers nil for a key of another type too: GET tells which it is.
-  local state = rcall('MGET', versionKey, stampKey, cursorKey)
-  local version = state[1]
-  if not version then
-    read(versionKey, 'GET')
-  end
-  version = version or '0'
-  local rebuilt
-  local restricted, n = compiled(version, state[2])
+  local acc = accountState()
+  local state = rcall('MGET', num.stampKey, num.cursorKey)
+  local restricted, n = compiled(num, acc.version, state[1])
   if restricted == nil then
-    rebuilt = compile(version)
-    restricted, n = rebuilt.restricted, rebuilt.n
+    num.rebuilt = compile(num)
+    restricted, n = num.rebuilt.restricted, num.rebuilt.n
   end
-  local owners = {}
-  local found = chunked(ownersKey, 'HMGET', customers)
-  for i, customer in ipairs(customers) do
-    local owner = found[i]
-    owners[customer] = (owner and owner ~= '') and owner or false
+  if not state[2] then
+    read(num.cursorKey, 'GET') -- nil for a key of another type too
   end
-  return {
-    setting = setting, rebuilt = rebuilt, restricted = restricted, n = n,
-    rawCursor = state[3], owners = owners, mayUse = {},
-    onlineOnly = setting['online_only'] ~= '0', assignUnknown = setting['assign_unknown'] ~= '0',
-    places = rebuilt and rebuilt.rotation or {}, -- L by place + 1, as far as read
-    available = {}, -- user -> whether available, as far as read
-    eligible = nil, -- every eligible place, ascending, once all of L is read
-  }
-end
-
-local function cursorOf(num)
-  local cursor = num.rawCursor
-  if num.cursor then
-    return num.cursor
+  num.cursor = count(num.cursorKey, state[2], 'the cursor')
+  num.setting, num.restricted, num.n = setting, restricted, n
+  num.onlineOnly = setting['online_only'] ~= '0'
+  num.assignUnknown = setting['assign_unknown'] ~= '0'
+  num.ownerOnlineOnly = setting['owner_online_only'] == '1'
+  num.capacity = count(num.settingsKey, setting['capacity'], 'capacity')
+  num.places = num.rebuilt and num.rebuilt.rotation or {} -- L by place + 1, as far as read
+  num.chunk = math.min(CHUNK, #positions)
+  num.load, num.loadDelta, num.mayUse = {}, {}, {}
+  num.eligible = nil -- every eligible place, ascending, once all of L is read
+  num.step = 0
+  local owners = readMany(num.ownersKey, 'HMGET', customers)
+  local holders = readMany(num.openKey, 'HMGET', customers)
+  num.ownerBefore, num.holderBefore = {}, {}
+  for k, position in ipairs(positions) do
+    local owner, holder = owners[k], holders[k]
+    num.ownerBefore[position] = (owner and owner ~= '') and owner or false
+    num.holderBefore[position] = (holder and holder ~= '') and holder or false
   end
-  if not cursor then
-    read(cursorKey, 'GET')
-  end
-  cursor = cursor or '0'
-  local digits = string.match(cursor, '^%-?([1-9]%d*)$')
-  if cursor ~= '0' and not (digits and #digits <= MAX_CURSOR_DIGITS) then
-    invalid(cursorKey, 'is not a count (' .. string.sub(cursor, 1, 20) .. ')')
-  end
-  num.cursor = tonumber(cursor)
-  return num.cursor
+  acc.numbers[#acc.numbers + 1] = num
+  return num
 end
 
 local function adminOf(num)
   if num.admin == nil then
     local user = num.setting['admin']
     if not user or user == '' then
-      user = read(accountKey, 'HGET', 'admin')
+      user = accountState().setting['admin']
     end
     num.admin = (user and user ~= '') and user or false
   end
   return num.admin
 end
 
--- Presence of these users, into num.available: trimmed, any case; a value too long to be a
--- status is measured, not read.
-local function readPresence(num, users)
+-- Statuses and, with a presence TTL, heard times of these users, into the account's caches.
+local function readPresence(users)
+  local acc = accountState()
   local unread, lengths, seen = {}, {}, {}
   for _, user in ipairs(users) do
-    if num.available[user] == nil and not seen[user] then
+    if acc.statusOk[user] == nil and not seen[user] then
       seen[user] = true
       unread[#unread + 1] = user
       lengths[#unread] = read(presenceKey, 'HSTRLEN', user)
@@ -328,15 +382,53 @@ local function readPresence(num, users)
       short[#short + 1] = user
     end
   end
-  local statuses = chunked(presenceKey, 'HMGET', short)
-  for _, user in ipairs(unread) do
-    num.available[user] = false
+  local statuses = readMany(presenceKey, 'HMGET', short)
+  local heard = acc.ttlMs > 0 and readMany(heardKey, 'HMGET', unread) or {}
+  for i, user in ipairs(unread) do
+    acc.statusOk[user] = false
+    if acc.ttlMs > 0 and acc.heard[user] == nil then
+      acc.heard[user] = count(heardKey, heard[i], 'heard for ' .. user)
+    end
   end
   for i, user in ipairs(short) do
     local status = statuses[i]
-    num.available[user] = status == AVAILABLE
+    acc.statusOk[user] = status == AVAILABLE
         or (status and string.lower(string.match(status, '^%s*(.-)%s*$')) == AVAILABLE) or false
   end
+end
+
+-- Whether a user is available now: the status read, and heard from within the TTL.
+local function available(user)
+  local acc = accountState()
+  if acc.statusOk[user] == nil then
+    readPresence({user})
+  end
+  if not acc.statusOk[user] then
+    return false
+  end
+  if acc.ttlMs == 0 then
+    return true
+  end
+  if acc.heard[user] == nil then
+    acc.heard[user] = count(heardKey, read(heardKey, 'HGET', user), 'heard for ' .. user)
+  end
+  return nowMs - acc.heard[user] <= acc.ttlMs
+end
+
+-- The user's open conversations on the number, as this call leaves them so far.
+local function loadOf(num, user)
+  if num.load[user] == nil then
+    num.load[user] = count(num.loadKey, read(num.loadKey, 'HGET', user), 'open count of ' .. user)
+  end
+  return num.load[user] + (num.loadDelta[user] or 0)
+end
+
+local function withinCapacity(num, user)
+  return num.capacity == 0 or loadOf(num, user) < num.capacity
+end
+
+local function eligible(num, user)
+  return (not num.onlineOnly or available(user)) and withinCapacity(num, user)
 end
 
 -- Places first..last of L (0-based, within 0..n-1) read, with their users' presence. L just
@@ -348,79 +440,93 @@ local function readPlaces(num, first, last)
       users[#users + 1] = num.places[place + 1]
     end
   else
-    users = read(rotationKey, 'LRANGE', first, last)
+    users = read(num.rotationKey, 'LRANGE', first, last)
     for i, user in ipairs(users) do
       num.places[first + i] = user
     end
   end
   if num.onlineOnly then
-    readPresence(num, users)
+    readPresence(users)
   end
 end
 
-local function eligibleAt(num, place)
-  local user = num.places[place + 1]
-  if not user or (num.onlineOnly and num.available[user] == nil) then
-    readPlaces(num, place, math.min(place + CHUNK, num.n) - 1)
-    user = num.places[place + 1]
-  end
-  return not num.onlineOnly or num.available[user]
-end
-
--- Every eligible place, ascending, with all of L and its presence read.
+-- Every eligible place, ascending, with all of L, its presence and its open counts read;
+-- and user -> place.
 local function eligiblePlaces(num)
   readPlaces(num, 0, num.n - 1)
-  local found = {}
+  if num.capacity > 0 then
+    local unread = {}
+    for _, user in ipairs(num.places) do
+      if num.load[user] == nil then
+        unread[#unread + 1] = user
+      end
+    end
+    local loads = readMany(num.loadKey, 'HMGET', unread)
+    for k, user in ipairs(unread) do
+      num.load[user] = count(num.loadKey, loads[k], 'open count of ' .. user)
+    end
+  end
+  local found, placeOf = {}, {}
   for place, user in ipairs(num.places) do
-    if not num.onlineOnly or num.available[user] then
+    placeOf[user] = place - 1
+    if eligible(num, user) then
       found[#found + 1] = place - 1
     end
   end
+  num.placeOf = placeOf
   return found
 end
 
--- The first eligible place at or after `from` (0-based), going round; nil when none.
-local function firstEligibleFrom(eligible, from)
-  if #eligible == 0 then
-    return nil
-  end
-  local low, high = 1, #eligible + 1
+-- The position of the first place at or after `from` in an ascending list, #list + 1 if none.
+local function search(list, from)
+  local low, high = 1, #list + 1
   while low < high do
     local middle = math.floor((low + high) / 2)
-    if eligible[middle] < from then
+    if list[middle] < from then
       low = middle + 1
     else
       high = middle
     end
   end
-  return eligible[low] or eligible[1]
+  return low
+end
+
+-- A user's eligibility on the number changed (a conversation opened or closed, a heartbeat):
+-- its eligible places, once kept, follow.
+local function refresh(num, user)
+  local place = num.eligible and num.placeOf[user]
+  if not place then
+    return
+  end
+  local at = search(num.eligible, place)
+  local listed = num.eligible[at] == place
+  local now_ = eligible(num, user)
+  if now_ and not listed then
+    table.insert(num.eligible, at, place)
+  elseif listed and not now_ then
+    table.remove(num.eligible, at)
+  end
 end
 
 -- Rule 3: the cursor's move to just past the first eligible user of L, and that user; nil when
--- nobody is eligible. Places and presence already read are looked up here, not through
--- eligibleAt: this runs once per message.
+-- nobody is eligible.
 local function roundRobin(num)
   local n = num.n
   if n == 0 then
     return nil
   end
-  local start = (num.cursor or cursorOf(num)) % n
+  local start = num.cursor % n
   if not num.eligible then
-    local places, available, onlineOnly = num.places, num.available, num.onlineOnly
+    local places = num.places
     local walk = n < FULL_AFTER and n or FULL_AFTER
     for i = 0, walk - 1 do
       local place = (start + i) % n
       local user = places[place + 1]
-      local eligible
-      if user and not onlineOnly then
-        eligible = true
-      elseif user and available[user] ~= nil then
-        eligible = available[user]
-      else
-        eligible = eligibleAt(num, place)
+      if not user or (num.onlineOnly and accountState().statusOk[user] == nil) then
+        readPlaces(num, place, math.min(place + num.chunk, n) - 1)
         user = places[place + 1]
       end
-      if eligible then
+      if eligible(num, user) then
         return i + 1, user
       end
     end
@@ -429,47 +535,112 @@ local function roundRobin(num)
     end
     num.eligible = eligiblePlaces(num)
   end
-  local place = firstEligibleFrom(num.eligible, start)
-  if not place then
+  local list = num.eligible
+  if #list == 0 then
     return nil
   end
+  local place = list[search(list, start)] or list[1]
   return (place - start) % n + 1, num.places[place + 1]
 end
 
--- Rules 1-5 for one customer: user, reason, the cursor's move, the new owner (nil for none).
-local function decideOne(num, customer)
-  -- Rule 1: a returning customer keeps an owner who may still use the number.
-  local owner = num.owners[customer]
-  if owner then
-    local mayUse = num.mayUse[owner]
-    if mayUse == nil then
-      mayUse = not num.restricted
-      if num.restricted and num.rebuilt then
-        mayUse = num.rebuilt.allowed[owner] == true
-      elseif num.restricted then
-        mayUse = read(allowedKey, 'SISMEMBER', owner) == 1
-      end
-      num.mayUse[owner] = mayUse
-    end
-    if mayUse or owner == adminOf(num) then
-      return owner, 'owner', 0
-    end
+-- Rule 1's owner when the owner may still take the customer, else nil.
+local function ownerRule(num, owner, holder)
+  if not owner then
+    return nil
   end
-  -- Rule 2.
-  if num.assignUnknown == false then
-    return '', 'unknown_disabled', 0
+  local mayUse = num.mayUse[owner]
+  if mayUse == nil then
+    mayUse = not num.restricted
+    if num.restricted and num.rebuilt then
+      mayUse = num.rebuilt.allowed[owner] == true
+    elseif num.restricted then
+      mayUse = read(num.allowedKey, 'SISMEMBER', owner) == 1
+    end
+    num.mayUse[owner] = mayUse
   end
-  -- Rule 3.
+  if not mayUse and owner ~= adminOf(num) then
+    return nil
+  end
+  -- owner_online_only: only while the owner holds it open, or could take it now.
+  if num.ownerOnlineOnly and holder ~= owner
+      and not ((not num.onlineOnly or available(owner)) and withinCapacity(num, owner)) then
+    return nil
+  end
+  return owner
+end
+
+-- Rules 1-5 for a message: user, reason, the cursor's move, whether the user becomes owner.
+local function decideMessage(num, owner, holder)
+  local kept = ownerRule(num, owner, holder)
+  if kept then
+    return kept, 'owner', 0, false
+  end
+  if not num.assignUnknown then
+    return '', 'unknown_disabled', 0, false
+  end
   local step, user = roundRobin(num)
   if step then
-    return user, 'round_robin', step, user
+    return user, 'round_robin', step, true
   end
-  -- Rules 4 and 5.
   local fallback = adminOf(num)
   if fallback then
-    return fallback, 'admin_fallback', 0, fallback
+    return fallback, 'admin_fallback', 0, true
   end
-  return '', 'no_admin', 0
+  return '', 'no_admin', 0, false
+end
+
+-- The conversation passes from `from` to `to` (false: nobody): open counts follow, and with a
+-- capacity, the number's eligible places. Everything that may fail is read first.
+local function hold(num, from, to)
+  if from == to then
+    return
+  end
+  local users = {from, to}
+  for _, user in ipairs(users) do
+    if user and num.capacity > 0 then
+      eligible(num, user)
+    end
+  end
+  if from then
+    num.loadDelta[from] = (num.loadDelta[from] or 0) - 1
+  end
+  if to then
+    num.loadDelta[to] = (num.loadDelta[to] or 0) + 1
+  end
+  if num.capacity > 0 then
+    for _, user in ipairs(users) do
+      if user then
+        refresh(num, user)
+      end
+    end
+  end
+end
+
+-- A heartbeat or a reply heard from the user at `sent` (never moves a heard time back); with
+-- a presence TTL, the eligible places of every number read follow.
+local function heardFrom(user, sent)
+  local acc = accountState()
+  if acc.heard[user] == nil then
+    acc.heard[user] = count(heardKey, read(heardKey, 'HGET', user), 'heard for ' .. user)
+  end
+  if sent <= acc.heard[user] then
+    return
+  end
+  if acc.ttlMs > 0 then
+    for _, num in ipairs(acc.numbers) do
+      eligible(num, user)
+    end
+  end
+  acc.heard[user] = sent
+  if not acc.heardChanged[user] then
+    acc.heardChanged[user] = true
+    acc.heardWrites[#acc.heardWrites + 1] = user
+  end
+  if acc.ttlMs > 0 then
+    for _, num in ipairs(acc.numbers) do
+      refresh(num, user)
+    end
+  end
 end
 
 -- Runs a step that may end with a reply of its own: the step's result, or nil and that reply.
@@ -486,97 +657,174 @@ local function attempt(step, ...)
   error(result, 0)
 end
 
+local KINDS = {message = true, heartbeat = true, replied = true, closed = true, transfer = true}
+
 -- The first half: every entry's reply, and what the second half writes.
 local function plan()
-  local fields, customers, count = {}, {}, 0
+  local kinds, numberOf, customers, fields, users, root, sent = {}, {}, {}, {}, {}, {}, {}
+  local entries = 0
+  local positionsOf, customersOf = {}, {} -- number j -> its entries' positions, customers
   for i = firstEntryArg, #ARGV, ENTRY_ARGS do
-    if ARGV[i] ~= 'message' then
-      error('ARGV[' .. i .. '] is no kind of entry: ' .. string.sub(ARGV[i], 1, 20))
+    entries = entries + 1
+    local kind, j, earlier = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 5])
+    if not KINDS[kind] or not j or j > numberCount or (j == 0) ~= (kind == 'heartbeat')
+        or not earlier or earlier >= entries then
+      error('entry ' .. entries .. ' is not kind, number, customer, field, user, earlier, sent')
     end
-    count = count + 1
-    customers[count], fields[count] = ARGV[i + 1], ARGV[i + 2]
-  end
-  local replies = {} -- four strings per entry: see the header
-  local writes = {records = {}, owners = {}, step = 0}
-  local function refused(i, failure)
-    local at = 4 * i - 3
-    replies[at], replies[at + 1], replies[at + 2], replies[at + 3] = failure[1], failure[2] or '', '', ''
+    kinds[entries], numberOf[entries], customers[entries] = kind, j, ARGV[i + 2]
+    fields[entries], users[entries] = ARGV[i + 3], ARGV[i + 4]
+    sent[entries] = tonumber(ARGV[i + 6]) or nowMs
+    -- Entries of one number and customer share the state of the first of them, their root.
+    root[entries] = earlier > 0 and root[earlier] or entries
+    if j > 0 then
+      positionsOf[j] = positionsOf[j] or {}
+      customersOf[j] = customersOf[j] or {}
+      local k = #positionsOf[j] + 1
+      positionsOf[j][k], customersOf[j][k] = entries, ARGV[i + 2]
+    end
   end
 
-  local records, failure = attempt(chunked, dedupKey, 'HMGET', fields)
+  local replies = {} -- six strings per entry: see the header
+  local function reply(i, user, reason, at, new, previous, event)
+    local first = 6 * i - 5
+    replies[first], replies[first + 1], replies[first + 2] = user, reason, at
+    replies[first + 3], replies[first + 4], replies[first + 5] = new, previous, event
+  end
+  local function refused(i, failure)
+    reply(i, failure[1], failure[2] or '', '', '', '', '')
+  end
+
+  local writes = {records = {}, written = 0, events = 0}
+  local records, failure = attempt(readMany, dedupKey, 'HMGET', fields)
   local previous
   if records then
-    previous, failure = attempt(chunked, dedupPrevKey, 'HMGET', fields)
+    previous, failure = attempt(readMany, dedupPrevKey, 'HMGET', fields)
   end
   if failure then
-    for i = 1, count do
+    for i = 1, entries do
       refused(i, failure)
     end
     return replies, writes
   end
 
-  local decided = {} -- field -> the entry that decided it in this call
+  local numbers, numberFailures = {}, {}
+  -- A customer's conversation as the call leaves it so far, at its root's position.
+  local owner, holder, replied, touched = {}, {}, {}, {}
+  local ownerChanged, holderChanged, repliedChanged = {}, {}, {}
+  local eventBase
   local encoded = {} -- reason -> user -> the record, encoded once per call
-  local newOwners, recordsWritten = writes.owners, writes.records
-  local written = 0
   local current -- the entry being decided, for the failure it may raise
+
+  local function numberFor(j)
+    if not numbers[j] then
+      if numberFailures[j] then
+        error({reply = numberFailures[j]}, 0)
+      end
+      numbers[j], numberFailures[j] = attempt(readNumber, j, positionsOf[j], customersOf[j])
+      if not numbers[j] then
+        error({reply = numberFailures[j]}, 0)
+      end
+    end
+    return numbers[j]
+  end
+
+  -- The entry decided: user, reason, previous holder, event; its changes noted at its root.
+  local function decideEntry(i)
+    local kind, user = kinds[i], users[i]
+    if kind == 'heartbeat' then
+      heardFrom(user, sent[i])
+      return '', 'heartbeat', '', ''
+    end
+    local num, r = numberFor(numberOf[i]), root[i]
+    if not touched[r] then
+      owner[r], holder[r] = num.ownerBefore[r], num.holderBefore[r]
+    end
+    local ownerNow, holderNow = owner[r], holder[r]
+    if kind == 'message' then
+      local chosen, reason, step, owns = decideMessage(num, ownerNow, holderNow)
+      if chosen ~= '' then
+        hold(num, holderNow, chosen)
+      end
+      touched[r] = true
+      if step > 0 then
+        num.cursor, num.step = num.cursor + step, num.step + step
+      end
+      if owns and chosen ~= ownerNow then
+        owner[r], ownerChanged[r] = chosen, true
+      end
+      if chosen ~= '' and chosen ~= holderNow then
+        holder[r], holderChanged[r] = chosen, true
+      end
+      return chosen, reason, '', ''
+    elseif kind == 'transfer' then
+      if not eventBase then
+        eventBase = count(eventsKey, read(eventsKey, 'GET'), 'the event sequence')
+      end
+      hold(num, holderNow, user)
+      touched[r] = true
+      if user ~= ownerNow then
+        owner[r], ownerChanged[r] = user, true
+      end
+      if user ~= holderNow then
+        holder[r], holderChanged[r] = user, true
+      end
+      replied[r], repliedChanged[r] = false, true
+      writes.events = writes.events + 1
+      return user, 'transfer', holderNow or '', tostring(eventBase + writes.events)
+    elseif kind == 'closed' then
+      if holderNow then
+        hold(num, holderNow, false)
+        holder[r], holderChanged[r] = false, true
+        replied[r], repliedChanged[r] = false, true
+      end
+      touched[r] = true
+      return '', 'closed', '', ''
+    end
+    -- replied: the holder's reply marks the conversation; any reply is a heartbeat.
+    heardFrom(user, sent[i])
+    touched[r] = true
+    if holderNow == user then
+      replied[r], repliedChanged[r] = true, true
+    end
+    return '', 'replied', '', ''
+  end
+
   -- Decides entries from `first` on; raises {reply = ...} for the entry `current`.
   local function decideFrom(first)
-    for i = first, count do
+    for i = first, entries do
       current = i
-      local at = 4 * i - 3
       local field = fields[i]
-      local earlier = decided[field]
       local record, recordKey = records[i], dedupKey
       if not record then
         record, recordKey = previous[i], dedupPrevKey
       end
-      if earlier then
-        local from = 4 * earlier - 3
-        replies[at], replies[at + 1], replies[at + 2], replies[at + 3] =
-          replies[from], replies[from + 1], replies[from + 2], '0'
-      elseif record then
-        local user, reason, decidedAt = remembered(recordKey, record, field)
-        replies[at], replies[at + 1], replies[at + 2], replies[at + 3] =
-          user, reason, decidedAt, '0'
+      if record then
+        -- Decided before: its first decision again, and nothing of its customer changes.
+        local user, reason, at, before, event = remembered(recordKey, record, field)
+        reply(i, user, reason, at, '0', before, event)
       else
-        if not number then
-          if not numberFailure then
-            number, numberFailure = attempt(readNumber, customers)
-          end
-          if not number then
-            error({reply = numberFailure}, 0)
-          end
-        end
-        local customer = customers[i]
-        local user, reason, step, owner = decideOne(number, customer)
-        if step > 0 then
-          number.cursor = number.cursor + step
-          writes.step = writes.step + step
-        end
-        if owner then
-          number.owners[customer] = owner
-          newOwners[customer] = owner
-        end
-        replies[at], replies[at + 1], replies[at + 2], replies[at + 3] = user, reason, now, '1'
-        decided[field] = i
+        local user, reason, before, event = decideEntry(i)
+        reply(i, user, reason, now, '1', before, event)
         local byUser = encoded[reason]
         if not byUser then
           byUser = {}
           encoded[reason] = byUser
         end
         local value = byUser[user]
-        if not value then
+        if event ~= '' then
+          value = cjson.encode({user, reason, now, before, event})
+        elseif not value then
           value = cjson.encode({user, reason, now})
           byUser[user] = value
         end
-        recordsWritten[written + 1], recordsWritten[written + 2] = field, value
-        written = written + 2
+        local list, n = writes.records, writes.written
+        list[n + 1], list[n + 2] = field, value
+        writes.written = n + 2
       end
     end
   end
   local first = 1
-  while first <= count do
+  while first <= entries do
     local ok, raised = pcall(decideFrom, first)
     if ok then
       break
@@ -587,6 +835,11 @@ local function plan()
     refused(current, raised.reply)
     first = current + 1
   end
+  writes.numbers, writes.entries, writes.customers, writes.numberOf = numbers, entries, customers, numberOf
+  writes.root, writes.touched, writes.owner, writes.holder, writes.replied =
+    root, touched, owner, holder, replied
+  writes.ownerChanged, writes.holderChanged, writes.repliedChanged =
+    ownerChanged, holderChanged, repliedChanged
   return replies, writes
 end
 
@@ -603,7 +856,7 @@ end
 
 -- The second half: writes only, each on a key the first half found of the right type; nothing
 -- when nothing was decided (the compiled L too: an entry refused writes nothing).
-if #writes.records == 0 then
+if writes.written == 0 then
   return replies
 end
 local function store(command, key, values)
@@ -611,24 +864,75 @@ local function store(command, key, values)
     rcall(command, key, unpack(values, i, math.min(i + BATCH - 1, #values)))
   end
 end
-local rebuilt = number and number.rebuilt
-if rebuilt then
-  rcall('DEL', rotationKey, allowedKey)
-  store('RPUSH', rotationKey, rebuilt.rotation)
-  store('SADD', allowedKey, rebuilt.accessUsers)
-  rcall('SET', stampKey,
-    rebuilt.version .. '|' .. (rebuilt.restricted and '1' or '0') .. '|' .. rebuilt.n)
+-- What the call leaves of each conversation it changed, held at its root entry.
+local changes = {}
+for r = 1, writes.entries do
+  local j = writes.numberOf[r]
+  if j > 0 and writes.root[r] == r and writes.touched[r] then
+    local change = changes[j]
+    if not change then
+      change = {owners = {}, open = {}, closed = {}, replied = {}, unreplied = {}}
+      changes[j] = change
+    end
+    local customer = writes.customers[r]
+    if writes.ownerChanged[r] then
+      local list = change.owners
+      list[#list + 1], list[#list + 2] = customer, writes.owner[r]
+    end
+    if writes.holderChanged[r] then
+      if writes.holder[r] then
+        local list = change.open
+        list[#list + 1], list[#list + 2] = customer, writes.holder[r]
+      else
+        change.closed[#change.closed + 1] = customer
+      end
+    end
+    if writes.repliedChanged[r] then
+      if writes.replied[r] then
+        local list = change.replied
+        list[#list + 1], list[#list + 2] = customer, '1'
+      else
+        change.unreplied[#change.unreplied + 1] = customer
+      end
+    end
+  end
 end
-if writes.step > 0 then
-  rcall('INCRBY', cursorKey, writes.step)
+for j, num in pairs(writes.numbers) do
+  local rebuilt = num.rebuilt
+  if rebuilt then
+    rcall('DEL', num.rotationKey, num.allowedKey)
+    store('RPUSH', num.rotationKey, rebuilt.rotation)
+    store('SADD', num.allowedKey, rebuilt.accessUsers)
+    rcall('SET', num.stampKey, account.version .. '|' .. (rebuilt.restricted and '1' or '0')
+      .. '|' .. rebuilt.n)
+  end
+  if num.step > 0 then
+    rcall('INCRBY', num.cursorKey, num.step)
+  end
+  local change = changes[j]
+  if change then
+    store('HSET', num.ownersKey, change.owners)
+    store('HSET', num.openKey, change.open)
+    store('HDEL', num.openKey, change.closed)
+    store('HSET', num.repliedKey, change.replied)
+    store('HDEL', num.repliedKey, change.unreplied)
+  end
+  for user, delta in pairs(num.loadDelta) do
+    if delta ~= 0 then
+      rcall('HINCRBY', num.loadKey, user, delta)
+    end
+  end
 end
-local ownerPairs, paired = {}, 0
-for customer, owner in pairs(writes.owners) do
-  ownerPairs[paired + 1], ownerPairs[paired + 2] = customer, owner
-  paired = paired + 2
+if account and #account.heardWrites > 0 then
+  local pairs_ = {}
+  for _, user in ipairs(account.heardWrites) do
+    pairs_[#pairs_ + 1] = user
+    pairs_[#pairs_ + 1] = account.heard[user]
+  end
+  store('HSET', heardKey, pairs_)
 end
-if #ownerPairs > 0 then
-  store('HSET', ownersKey, ownerPairs)
+if writes.events > 0 then
+  rcall('INCRBY', eventsKey, writes.events)
 end
 store('HSET', dedupKey, writes.records)
 rcall('PEXPIREAT', dedupKey, dedupExpireAt)

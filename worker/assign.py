@@ -1,14 +1,15 @@
-"""Decides a batch: one call of lua/decide.lua per number, every number in one round trip;
+"""Decides a batch: one call of lua/decide.lua per account, every account in one round trip;
 builds each call's KEYS/ARGV and parses its replies."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from redis.exceptions import NoScriptError, ResponseError
 
-from worker import keys
+from worker import keys, scripts
 from worker.messages import Message, Rejection
 from worker.record import REASONS
 from worker.scripts import Scripts
@@ -20,112 +21,172 @@ MAX_ATTEMPTS = 4
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    user: str  # "" for unknown_disabled and no_admin
-    reason: str
-    at: int  # unix ms of the first decision of this message
-    # True when this call decided; False when the message had been decided before and this is
+    user: str  # "" for unknown_disabled, no_admin and activity that moves nobody
+    reason: str  # a rule's reason, or the activity's kind (heartbeat, replied, closed, transfer)
+    at: int  # unix ms of the first decision of this entry
+    # True when this call decided; False when the entry had been decided before and this is
     # that first decision repeated: the same decision, so equality leaves it out.
     new: bool = field(default=True, compare=False)
+    previous: str = ""  # a transfer's: the user who held the conversation
+    event_id: str = ""  # a transfer's: the event's id on the events stream
+
+    @property
+    def published(self) -> bool:
+        """Whether the decision goes on the events stream (heartbeats, replies and closes are
+        only acknowledged)."""
+        return self.reason not in QUIET
 
 
 Outcome = Decision | Rejection | Exception
 
-_REASONS = {reason.encode(): reason for reason in REASONS}
+QUIET = ("heartbeat", "replied", "closed")
+_REASONS = {reason.encode(): reason for reason in (*REASONS, "transfer", *QUIET)}
 _NEW = {b"1": True, b"0": False}
 
 
-def decision(reply: object) -> Decision | None:
-    """A decision reply, {user, reason, at, new}, checked part by part; None for any other
-    shape. A user id that is not UTF-8 (only Redis edited by hand holds one) keeps its bytes
-    as \\xNN escapes, the same each time."""
-    if type(reply) is not list or len(reply) != 4:
+def decision(reply: Sequence[object], account: str) -> Decision | None:
+    """One entry's six strings, {user, reason, at, new, previous, event}, checked part by
+    part; None for any other shape. A user id that is not UTF-8 (only Redis edited by hand
+    holds one) keeps its bytes as \\xNN escapes, the same each time."""
+    user, reason, at, new, previous, event = reply
+    if not all(type(part) is bytes for part in reply):
         return None
-    user, reason, at, new = reply
-    if type(user) is not bytes or type(reason) is not bytes or type(at) is not bytes:
+    assert isinstance(user, bytes) and isinstance(at, bytes) and isinstance(event, bytes)
+    assert isinstance(previous, bytes)
+    text = _REASONS.get(reason) if isinstance(reason, bytes) else None
+    is_new = _NEW.get(new) if isinstance(new, bytes) else None
+    if text is None or is_new is None or not at.isdigit() or not (event == b"" or event.isdigit()):
         return None
-    text = _REASONS.get(reason)
-    is_new = _NEW.get(new) if type(new) is bytes else None
-    if text is None or is_new is None or not at.isdigit():
-        return None
-    return Decision(user.decode(errors="backslashreplace"), text, int(at), is_new)
+    return Decision(
+        user.decode(errors="backslashreplace"),
+        text,
+        int(at),
+        is_new,
+        previous.decode(errors="backslashreplace"),
+        f"{account}:{event.decode()}" if event else "",
+    )
 
 
 def unexpected(reply: object) -> ResponseError:
     return ResponseError(f"decide.lua replied {reply!r:.200}")
 
 
+def account_keys(account: str, bucket: int) -> tuple[str, ...]:
+    """KEYS[1..7] of decide.lua for one account."""
+    return (
+        keys.presence(account),
+        keys.heard(account),
+        keys.account_settings(account),
+        keys.version(account),
+        keys.dedup(account, bucket),
+        keys.dedup(account, bucket - 1),
+        keys.event_sequence(account),
+    )
+
+
 def number_keys(account: str, number: str) -> tuple[str, ...]:
-    """KEYS[1..11] of decide.lua for one number."""
+    """The eleven KEYS of decide.lua for one number of the call."""
     return (
         keys.number(account, number),
         keys.members(account, number),
         keys.access(account, number),
         keys.cursor(account, number),
         keys.owners(account, number),
-        keys.presence(account),
-        keys.version(account),
         keys.rotation(account, number),
         keys.allowed(account, number),
         keys.compiled(account, number),
-        keys.account_settings(account),
+        keys.open_conversations(account, number),
+        keys.open_counts(account, number),
+        keys.replied(account, number),
     )
 
 
-MESSAGE = "message"  # the kind of entry decide.lua decides (the first of its three ARGV)
-PER_ENTRY_REPLY = 4  # strings decide.lua answers per entry
+PER_ENTRY_REPLY = 6  # strings decide.lua answers per entry
 
 
 @dataclass(frozen=True, slots=True)
-class NumberCall:
-    """One call of decide.lua: the messages of one number, in batch order."""
+class AccountCall:
+    """One call of decide.lua: the entries of one account, in batch order."""
 
-    number: tuple[str, str]  # account, number
-    positions: tuple[int, ...]  # where each message is in the batch
+    account: str
+    positions: tuple[int, ...]  # where each entry is in the batch
     keys: tuple[str, ...]
     args: tuple[Argument, ...]
+    # Entries repeating an entry of the call (the same de-duplication field), not sent: each
+    # gets the first one's decision again, as a message decided before does.
+    repeats: tuple[tuple[int, int], ...] = ()  # (position, position of the first)
+
+
+def sent_ms(inbound_id: str) -> int:
+    """The unix ms of a stream entry id (when the producer added it)."""
+    head = inbound_id.partition("-")[0]
+    return int(head) if head.isdigit() else 0
 
 
 class Assigner:
-    """Decides batches of messages; remembers which groups each number names."""
+    """Decides batches of entries; remembers which groups each account's numbers name."""
 
     def __init__(self, scripts: Scripts, dedup_window_s: int) -> None:
         self._script = scripts.decide
         self._window_ms = dedup_window_s * 1000
-        self._groups: dict[tuple[str, str], tuple[str, ...]] = {}
+        self._groups: dict[str, tuple[str, ...]] = {}
 
-    def calls(self, messages: Sequence[Message], now_ms: int) -> list[NumberCall]:
-        """One call per number, in the order numbers first appear (also what the benchmark
+    def calls(self, messages: Sequence[Message], now_ms: int) -> list[AccountCall]:
+        """One call per account, in the order accounts first appear (also what the benchmark
         replays)."""
-        by_number: dict[tuple[str, str], list[int]] = {}
+        by_account: dict[str, list[int]] = {}
         for i, message in enumerate(messages):
-            by_number.setdefault((message.account, message.number), []).append(i)
+            by_account.setdefault(message.account, []).append(i)
         return [
-            self._call(number, positions, messages, now_ms)
-            for number, positions in by_number.items()
+            self._call(account, positions, messages, now_ms)
+            for account, positions in by_account.items()
         ]
 
     def _call(
-        self,
-        number: tuple[str, str],
-        positions: Sequence[int],
-        messages: Sequence[Message],
-        now_ms: int,
-    ) -> NumberCall:
-        account, bucket = number[0], now_ms // self._window_ms
-        groups = self._groups.get(number, ())
-        script_keys = (
-            *number_keys(*number),
-            keys.dedup(account, bucket),
-            keys.dedup(account, bucket - 1),
-            *(keys.group(account, name) for name in groups),
-        )
-        args: list[Argument] = [now_ms, (bucket + 2) * self._window_ms, len(groups), *groups]
+        self, account: str, positions: Sequence[int], messages: Sequence[Message], now_ms: int
+    ) -> AccountCall:
+        bucket = now_ms // self._window_ms
+        groups = self._groups.get(account, ())
+        numbers: dict[str, int] = {}  # number -> j, in order of first appearance
+        entries: list[Argument] = []
+        last: dict[tuple[str, str], int] = {}  # (number, customer) -> its last entry so far
+        first_of: dict[str, int] = {}  # de-duplication field -> the batch position sent
+        sent: list[int] = []
+        repeats: list[tuple[int, int]] = []
         for i in positions:
             message = messages[i]
-            args += (MESSAGE, message.customer, f"{message.number}:{message.message_id}")
-        return NumberCall(number, tuple(positions), script_keys, tuple(args))
+            first = first_of.setdefault(message.dedup_field, i)
+            if first != i:
+                repeats.append((i, first))
+                continue
+            sent.append(i)
+            place = len(sent)
+            j = 0
+            if message.number:
+                j = numbers.setdefault(message.number, len(numbers) + 1)
+            conversation = (message.number, message.customer)
+            earlier = last.get(conversation, 0) if j else 0
+            if j:
+                last[conversation] = place
+            entries += (
+                message.kind,
+                j,
+                message.customer,
+                message.dedup_field,
+                message.user,
+                earlier,
+                sent_ms(message.inbound_id),
+            )
+        script_keys = (
+            *account_keys(account, bucket),
+            *(key for number in numbers for key in number_keys(account, number)),
+            *(keys.group(account, name) for name in groups),
+        )
+        head: list[Argument] = [now_ms, (bucket + 2) * self._window_ms, len(numbers)]
+        args = (*head, len(groups), *groups, *entries)
+        return AccountCall(account, tuple(sent), script_keys, args, tuple(repeats))
 
-    def command(self, call: NumberCall) -> Command:
+    def command(self, call: AccountCall) -> Command:
         return ("EVALSHA", self._script.sha, len(call.keys), *call.keys, *call.args)
 
     def decide(
@@ -138,20 +199,25 @@ class Assigner:
         """
         outcomes: list[Outcome | None] = [None] * len(messages)
         todo = self.calls(messages, now_ms)
-        for _ in range(MAX_ATTEMPTS):
+        # Each number of a call may find groups missing in its turn.
+        numbers = len({(m.account, m.number) for m in messages})
+        for _ in range(MAX_ATTEMPTS + numbers):
             replies = transport.execute([self.command(call) for call in todo])
             if any(isinstance(reply, NoScriptError) for reply in replies):
                 # SCRIPT FLUSH or a restarted server: load once (on a cluster, on every
                 # master), redo only those calls.
-                self._script.sha = transport.script_load(_text(self._script.script))
+                self._script.sha = transport.script_load(scripts.text(self._script))
             again = []
             for call, reply in zip(todo, replies, strict=True):
                 decided = self._outcomes(call, messages, reply)
                 if decided is None:
-                    again.append(self._call(call.number, call.positions, messages, now_ms))
+                    every = sorted((*call.positions, *(i for i, _ in call.repeats)))
+                    again.append(self._call(call.account, every, messages, now_ms))
                     continue
                 for i, outcome in zip(call.positions, decided, strict=True):
                     outcomes[i] = outcome
+                for i, first in call.repeats:
+                    outcomes[i] = _again(outcomes[first])
             todo = again
             if not todo:
                 break
@@ -161,9 +227,9 @@ class Assigner:
         ]
 
     def _outcomes(
-        self, call: NumberCall, messages: Sequence[Message], reply: object
+        self, call: AccountCall, messages: Sequence[Message], reply: object
     ) -> list[Outcome] | None:
-        """Each message's outcome, or None when the call must be made again. Nothing of the
+        """Each entry's outcome, or None when the call must be made again. Nothing of the
         reply is assumed: a shape the script never sends is a failed decision, not a crash."""
         if isinstance(reply, NoScriptError):
             return None
@@ -175,7 +241,7 @@ class Assigner:
         if len(reply) == 1 and type(reply[0]) is list:  # one answer for the whole call
             head, names = reply[0][:1], reply[0][1:]
             if head == [b"!groups"] and names and all(type(n) is bytes for n in names):
-                failed = self._more_groups(call.number, names)
+                failed = self._more_groups(call.account, names)
                 return None if failed is None else [failed] * count
             return [unexpected(reply)] * count
         if len(reply) != PER_ENTRY_REPLY * count:
@@ -186,11 +252,11 @@ class Assigner:
         ]
 
     def _outcome(self, message: Message, reply: list[object]) -> Outcome:
-        decided = decision(reply)
+        decided = decision(reply, message.account)
         if decided is not None:
             return decided
-        head, detail, at, new = reply
-        if not all(type(part) is bytes for part in reply) or (at, new) != (b"", b""):
+        head, detail, *rest = reply
+        if not all(type(part) is bytes for part in reply) or any(rest):
             return unexpected(reply)
         if head == b"!unknown_number" and detail == b"":
             text = f"no settings for account {message.account} number {message.number}"
@@ -199,15 +265,18 @@ class Assigner:
             return Rejection("invalid_data", detail.decode(errors="backslashreplace"))
         return unexpected(reply)
 
-    def _more_groups(self, number: tuple[str, str], names: list[bytes]) -> Rejection | None:
-        """Remembers the groups the number names; None: call again with them."""
+    def _more_groups(self, account: str, names: list[bytes]) -> Rejection | None:
+        """Remembers the groups the account's numbers name; None: call again with them."""
         try:
             groups = tuple(name.decode() for name in names)
         except UnicodeDecodeError:
             return Rejection("invalid_data", "members or access name a group that is not UTF-8")
-        self._groups[number] = groups
+        self._groups[account] = tuple(dict.fromkeys((*self._groups.get(account, ()), *groups)))
         return None
 
 
-def _text(script: str | bytes | memoryview) -> str:
-    return script if isinstance(script, str) else bytes(script).decode()
+def _again(outcome: Outcome | None) -> Outcome | None:
+    """The outcome of an entry repeated within a batch: the first one's, not new."""
+    if isinstance(outcome, Decision):
+        return dataclasses.replace(outcome, new=False)
+    return outcome

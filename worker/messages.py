@@ -10,13 +10,35 @@ from worker import words
 MAX_MESSAGE_ID_BYTES = 256
 
 
+MESSAGE = "message"
+# The CRM's activity on the inbound stream, and the fields each needs besides the account.
+ACTIVITY: dict[str, tuple[str, ...]] = {
+    "heartbeat": ("user",),
+    "replied": ("number", "customer", "user"),
+    "closed": ("number", "customer"),
+    "transfer": ("number", "customer", "user"),
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Message:
+    """An inbound entry to decide: a message (kind ``message``) or the CRM's activity."""
+
     inbound_id: str
     account: str
-    number: str
-    customer: str
+    number: str  # "" for a heartbeat
+    customer: str  # "" for a heartbeat
     message_id: str
+    kind: str = MESSAGE
+    user: str = ""  # the activity's user: heartbeat, replied, transfer
+
+    @property
+    def dedup_field(self) -> str:
+        """What one message is, however often it is delivered: NUMBER:MESSAGE_ID for a
+        message, KIND:NUMBER:MESSAGE_ID for activity (its ids are the CRM's, not Meta's)."""
+        if self.kind == MESSAGE:
+            return f"{self.number}:{self.message_id}"
+        return f"{self.kind}:{self.number}:{self.message_id}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +50,10 @@ class Rejection:
 
 
 Fields = dict[bytes, bytes]
-_FIELD_KEYS = {name: name.encode() for name in ("account", "number", "from", "message_id")}
+_FIELD_KEYS = {
+    name: name.encode()
+    for name in ("account", "number", "from", "message_id", "type", "customer", "user")
+}
 
 
 def _text(fields: Fields, name: str) -> str | None:
@@ -41,30 +66,43 @@ def _text(fields: Fields, name: str) -> str | None:
         raise words.InvalidWord(f"{name} is not UTF-8") from None
 
 
-def _customer(text: str) -> str:
+def _customer(text: str, name: str = "from") -> str:
     """The sender's number; a detail shows it masked as the logs do (people read dead
     letters; the letter's own ``from`` keeps it whole for a replay)."""
     try:
-        return words.phone(text, "from")
+        return words.phone(text, name)
     except words.InvalidWord:
         form = "6-15 digits after +, spaces, dashes, dots, brackets"
-        raise words.InvalidWord(f"from {words.mask(text)!r} must be {form}") from None
+        raise words.InvalidWord(f"{name} {words.mask(text)!r} must be {form}") from None
 
 
 def _parse(inbound_id: str, fields: Fields) -> Message | Rejection:
-    number, customer = _text(fields, "number"), _text(fields, "from")
-    missing = [name for name, value in (("number", number), ("from", customer)) if value is None]
-    if missing or number is None or customer is None:
-        return Rejection("missing_field", f"{' and '.join(missing)} required")
+    kind = _text(fields, "type") or MESSAGE
+    if kind != MESSAGE and kind not in ACTIVITY:
+        known = ", ".join((MESSAGE, *ACTIVITY))
+        return Rejection("invalid_field", f"type {kind[:40]!r} is none of {known}")
+    needed = ("number", "from") if kind == MESSAGE else ACTIVITY[kind]
+    values = {name: _text(fields, name) for name in needed}
+    missing = [name for name in needed if values[name] is None]
+    if missing:
+        for_kind = "" if kind == MESSAGE else f" for {kind}"
+        return Rejection("missing_field", f"{' and '.join(missing)} required{for_kind}")
     message_id = _text(fields, "message_id") or inbound_id
     if len(message_id.encode()) > MAX_MESSAGE_ID_BYTES:
         return Rejection("invalid_field", f"message_id longer than {MAX_MESSAGE_ID_BYTES} bytes")
+    account = words.account(_text(fields, "account") or words.DEFAULT_ACCOUNT)
+    number, user = values.get("number"), values.get("user")
+    customer, name = (
+        (values["from"], "from") if kind == MESSAGE else (values.get("customer"), "customer")
+    )
     return Message(
-        inbound_id=inbound_id,
-        account=words.account(_text(fields, "account") or words.DEFAULT_ACCOUNT),
-        number=words.phone(number),
-        customer=_customer(customer),
-        message_id=message_id,
+        inbound_id,
+        account,
+        words.phone(number) if number else "",
+        _customer(customer, name) if customer else "",
+        message_id,
+        kind,
+        words.user(user) if user else "",
     )
 
 

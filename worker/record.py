@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from worker.assign import Decision
     from worker.messages import Message
 
-REASONS = ("owner", "unknown_disabled", "round_robin", "admin_fallback", "no_admin")
+REASONS = ("owner", "unknown_disabled", "round_robin", "admin_fallback", "no_admin", "transfer")
 FIELDS = ("account", "number", "customer", "message_id", "inbound_id", "user", "reason", "at")
 
 
@@ -29,23 +29,29 @@ class Record:
     user: str  # "" for unknown_disabled and no_admin
     reason: str
     at: int  # unix ms of the message's first decision
+    # A conversation event's (a change of user without a new message): who had it, its id.
+    previous: str = ""
+    event_id: str = ""
 
     @classmethod
     def of(cls, message: Message, decision: Decision) -> Record:
+        """The entry a decision publishes; a transfer's is an event, without a message_id."""
         return cls(
             message.account,
             message.number,
             message.customer,
-            message.message_id,
+            "" if decision.event_id else message.message_id,
             message.inbound_id,
             decision.user,
             decision.reason,
             decision.at,
+            decision.previous,
+            decision.event_id,
         )
 
     def to_fields(self) -> dict[str, str | int]:
         """The stream entry's fields (and the webhook job's JSON object)."""
-        return {
+        fields: dict[str, str | int] = {
             "account": self.account,
             "number": self.number,
             "customer": self.customer,
@@ -55,6 +61,10 @@ class Record:
             "reason": self.reason,
             "at": self.at,
         }
+        if self.event_id:
+            fields["previous"] = self.previous
+            fields["event_id"] = self.event_id
+        return fields
 
     @classmethod
     def from_fields(cls, fields: Mapping[Any, Any]) -> Record:

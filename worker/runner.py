@@ -393,7 +393,8 @@ class Runner:
         held_refusal: ResponseError | None = None
         for (entry, message), outcome in zip(valid, outcomes, strict=True):
             if isinstance(outcome, Decision):
-                decided.append((Record.of(message, outcome), outcome))
+                if outcome.published:
+                    decided.append((Record.of(message, outcome), outcome))
                 if self._debug:
                     self._log_decision(message, outcome)
             elif isinstance(outcome, Rejection):

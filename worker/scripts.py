@@ -33,3 +33,9 @@ class Scripts:
         self.decide: Script = client.register_script(source("decide"))
         self.delconsumer: Script = client.register_script(source("delconsumer"))
         self.replay: Script = client.register_script(source("replay"))
+
+
+def text(script: Script) -> str:
+    """The script's source, to load it again (after SCRIPT FLUSH or a restart)."""
+    body = script.script
+    return body if isinstance(body, str) else bytes(body).decode()

@@ -9,6 +9,7 @@ redis-py client itself.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -87,6 +88,11 @@ class NodeTransport:
         if self._connection is not None:
             self._connection.disconnect()  # type: ignore[no-untyped-call]
             self._connection = None
+
+    def __del__(self) -> None:
+        # The connection is the transport's own, outside any pool that would close it.
+        with contextlib.suppress(Exception):
+            self.close()
 
 
 class ClusterTransport:
