@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import ON_SINGLE_AND_CLUSTER, make_settings
-from tests.helpers import ACCOUNT, NUMBER
+from tests.helpers import ACCOUNT, NUMBER, dead, events, given_number, run_burst
 from worker import clock, keys, partitions
 from worker.client import Refused, Rota
 from worker.settings import Settings
@@ -212,3 +212,26 @@ def test_show_conversation_from_a_bytes_client(rb: Any, settings: Settings) -> N
     shown = Rota(rb, settings).show_conversation(ACCOUNT, NUMBER, CUSTOMER)
 
     assert (shown["user"], shown["state"], shown["replied"]) == ("alice", "open", False)
+
+
+def test_the_worker_takes_the_clients_activity_in_order(
+    rota: Rota, rd: Any, rb: Any, settings: Settings
+) -> None:
+    given_number(rd, ["alice", "bob"], online_only=False)
+    rota.send(NUMBER, CUSTOMER, "m.1", ACCOUNT)
+    rota.transfer(ACCOUNT, NUMBER, CUSTOMER, "bob")
+    rota.replied(ACCOUNT, NUMBER, CUSTOMER, "bob")
+
+    assert run_burst(rb, settings) == 0
+
+    assert dead(rd, settings) == []
+    assert [(e["user"], e["reason"]) for e in events(rd, settings)] == [
+        ("alice", "round_robin"),
+        ("bob", "transfer"),
+    ]
+    shown = rota.show_conversation(ACCOUNT, NUMBER, CUSTOMER)
+    assert (shown["user"], shown["state"], shown["replied"]) == ("bob", "open", True)
+
+    rota.close(ACCOUNT, NUMBER, CUSTOMER)
+    assert run_burst(rb, settings) == 0
+    assert rota.show_conversation(ACCOUNT, NUMBER, CUSTOMER)["state"] == "closed"

@@ -94,9 +94,7 @@ class Rota:
             if not isinstance(value, str):
                 raise Refused("invalid_field", f"{name} must be a string")
             fields[name] = value
-        rejected = messages.check(fields, self.settings.max_message_bytes)
-        if rejected is not None:
-            raise Refused(rejected.error, rejected.detail)
+        self._refuse_what_the_worker_would(fields)
         return add(self.client, self.settings, fields)
 
     def heartbeat(self, account: str, user: str, message_id: str | None = None) -> str:
@@ -164,17 +162,17 @@ class Rota:
         fields = {"account": account or words.DEFAULT_ACCOUNT, **given}
         return {name: _checked(name, value) for name, value in fields.items()}
 
+    def _refuse_what_the_worker_would(self, fields: Mapping[str, str]) -> None:
+        """The worker's own checks (worker.messages): its dead letters, raised instead."""
+        rejected = messages.check(fields, self.settings.max_message_bytes)
+        if rejected is not None:
+            raise Refused(rejected.error, rejected.detail)
+
     def _activity(self, kind: str, account: str, message_id: str | None, **given: str) -> str:
         fields = {"type": kind, **self._fields(account, **given)}
         if message_id:
             fields["message_id"] = message_id
-        # The worker's own limits (worker.messages); check() itself reads only messages.
-        if message_id and len(message_id.encode()) > messages.MAX_MESSAGE_ID_BYTES:
-            limit = messages.MAX_MESSAGE_ID_BYTES
-            raise Refused("invalid_field", f"message_id longer than {limit} bytes")
-        size = sum(len(name) + len(value.encode()) for name, value in fields.items())
-        if size > self.settings.max_message_bytes:
-            raise Refused("too_large", f"{size} bytes, limit {self.settings.max_message_bytes}")
+        self._refuse_what_the_worker_would(fields)
         return add(self.client, self.settings, fields)
 
 
