@@ -113,7 +113,7 @@ def test_everything_runs_as_the_documented_acl_user_with_default_off(
     cli("account", "set", "acme", "--presence-ttl", "60")
     cli("number", "set", "acme", "15550001000", "--capacity", "2", "--owner-online-only")
     assert '"at_capacity"' in cli("number", "show", "acme", "15550001000")
-    assert '"state": "closed"' in cli("conversation", "show", "acme", "15550001000", "447700900999")
+    assert '"user": "bob"' in cli("conversation", "show", "acme", "15550001000", "447700900999")
     assert acl_denials(acl_server) == []
 
 
