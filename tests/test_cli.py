@@ -13,7 +13,7 @@ import pytest
 
 from tests.helpers import ACCOUNT, NUMBER, dead, events, run_burst, run_rota, send
 from tests.redis_server import RedisServer
-from worker import admin, cli, keys
+from worker import admin, cli, clock, keys
 from worker.settings import Settings
 
 CUSTOMER = "447700900123"
@@ -336,10 +336,133 @@ MORE_BAD_INPUT = {
     "bad-count": ["dead", "list", "--count", "many"],
     "zero-count": ["dead", "list", "--count", "0"],
     "negative-count": ["dead", "replay", "--count", "-1"],
+    "negative-presence-ttl": ["account", "set", ACCOUNT, "--presence-ttl", "-5"],
+    "huge-presence-ttl": ["account", "set", ACCOUNT, "--presence-ttl", "9" * 20],
+    "letters-in-capacity": ["number", "set", ACCOUNT, NUMBER, "--capacity", "two"],
+    "heartbeat-without-user": ["presence", "heartbeat", ACCOUNT],
+    "heartbeat-bad-user": ["presence", "heartbeat", ACCOUNT, "al ice"],
+    "show-bad-customer": ["conversation", "show", ACCOUNT, NUMBER, "12"],
+    "replied-without-user": ["conversation", "replied", ACCOUNT, NUMBER, CUSTOMER],
+    "close-bad-number": ["conversation", "close", ACCOUNT, "555-CALL-NOW", CUSTOMER],
+    "transfer-bad-user": ["conversation", "transfer", ACCOUNT, NUMBER, CUSTOMER, "b b"],
+    "unknown-conversation-verb": ["conversation", "reopen", ACCOUNT, NUMBER, CUSTOMER],
 }
+# The conversation commands and settings.
+
+
+def test_account_set_presence_ttl_merges_with_the_admin(rota: Rota, rd: Any) -> None:
+    ok(rota("account", "set", ACCOUNT, "--admin", "boss"))
+    ok(rota("account", "set", ACCOUNT, "--presence-ttl", "120"))
+    assert rd.hgetall(keys.account_settings(ACCOUNT)) == {"admin": "boss", "presence_ttl_s": "120"}
+
+    ok(rota("account", "set", ACCOUNT, "--presence-ttl", "0"))  # off
+    assert rd.hgetall(keys.account_settings(ACCOUNT)) == {"admin": "boss"}
+
+
+def test_number_set_capacity_and_owner_online_only(rota: Rota, rd: Any) -> None:
+    ok(rota("number", "set", ACCOUNT, NUMBER, "--members", "alice", "--capacity", "3",
+            "--owner-online-only"))  # fmt: skip
+    assert rd.hgetall(keys.number(ACCOUNT, NUMBER)) == {
+        "assign_unknown": "1",
+        "online_only": "1",
+        "capacity": "3",
+        "owner_online_only": "1",
+    }
+
+    ok(rota("number", "set", ACCOUNT, NUMBER, "--no-owner-online-only", "--capacity", "0"))
+    assert rd.hgetall(keys.number(ACCOUNT, NUMBER)) == {
+        "assign_unknown": "1",
+        "online_only": "1",
+        "capacity": "0",
+        "owner_online_only": "0",
+    }
+
+
+def test_number_show_counts_open_conversations_and_who_is_at_capacity(rota: Rota, rd: Any) -> None:
+    admin.set_account(rd, ACCOUNT, presence_ttl_s=300)
+    admin.set_number(rd, ACCOUNT, NUMBER, members=["alice", "bob", "carol"], capacity=2)
+    rd.hset(keys.open_counts(ACCOUNT, NUMBER), mapping={"alice": 2, "bob": 1, "carol": 0})
+
+    shown = json.loads(ok(rota("number", "show", ACCOUNT, NUMBER)))
+
+    assert shown["open"] == {"alice": 2, "bob": 1}
+    assert shown["at_capacity"] == ["alice"]
+    assert shown["settings"]["capacity"] == 2
+    assert shown["settings"]["owner_online_only"] is False
+    assert shown["settings"]["presence_ttl_s"] == 300
+
+
+def test_number_show_without_capacity_has_nobody_at_capacity(rota: Rota, rd: Any) -> None:
+    admin.set_number(rd, ACCOUNT, NUMBER, members=["alice"])
+    rd.hset(keys.open_counts(ACCOUNT, NUMBER), "alice", 40)
+
+    shown = json.loads(ok(rota("number", "show", ACCOUNT, NUMBER)))
+
+    assert (shown["open"], shown["at_capacity"]) == ({"alice": 40}, [])
+    assert (shown["settings"]["capacity"], shown["settings"]["presence_ttl_s"]) == (0, 0)
+
+
+def test_presence_set_records_when_rota_heard_from_the_user(rota: Rota, rd: Any) -> None:
+    before = clock.server_ms(rd)
+
+    ok(rota("presence", "set", ACCOUNT, "alice", "Available"))
+
+    assert rd.hgetall(keys.presence(ACCOUNT)) == {"alice": "available"}
+    assert int(rd.hget(keys.heard(ACCOUNT), "alice")) >= before
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["presence", "heartbeat", ACCOUNT, "alice"],
+         {"type": "heartbeat", "account": ACCOUNT, "user": "alice"}),
+        (["conversation", "replied", ACCOUNT, NUMBER, "+44 7700 900123", "alice"],
+         {"type": "replied", "account": ACCOUNT, "number": NUMBER, "customer": CUSTOMER,
+          "user": "alice"}),
+        (["conversation", "close", ACCOUNT, NUMBER, CUSTOMER],
+         {"type": "closed", "account": ACCOUNT, "number": NUMBER, "customer": CUSTOMER}),
+        (["conversation", "transfer", ACCOUNT, "+1 555 000 1000", CUSTOMER, "bob"],
+         {"type": "transfer", "account": ACCOUNT, "number": NUMBER, "customer": CUSTOMER,
+          "user": "bob"}),
+    ],
+)  # fmt: skip
+def test_activity_commands_add_the_entry_and_print_its_id(
+    rota: Rota, rd: Any, settings: Settings, args: list[str], expected: dict[str, str]
+) -> None:
+    out = ok(rota(*args))
+
+    [(entry_id, fields)] = rd.xrange(settings.inbound_stream)
+    assert out == f"{entry_id}\n"
+    assert fields == expected
+
+
+def test_conversation_show_prints_json(rota: Rota, rd: Any) -> None:
+    assert json.loads(ok(rota("conversation", "show", ACCOUNT, NUMBER, CUSTOMER))) == {
+        "user": None,
+        "state": "none",
+        "replied": False,
+        "reply_deadline": None,
+        "tried": [],
+    }
+    rd.hset(keys.owners(ACCOUNT, NUMBER), CUSTOMER, "alice")
+    rd.hset(keys.open_conversations(ACCOUNT, NUMBER), CUSTOMER, "alice")
+
+    shown = json.loads(ok(rota("conversation", "show", ACCOUNT, NUMBER, "+44 7700 900123")))
+
+    assert shown == {
+        "user": "alice",
+        "state": "open",
+        "replied": False,
+        "reply_deadline": None,
+        "tried": ["alice"],
+    }
+
+
 UNREACHABLE_COMMANDS = {
     "account-set": ["account", "set", ACCOUNT, "--admin", "boss"],
     "number-show": ["number", "show", ACCOUNT, NUMBER],
+    "heartbeat": ["presence", "heartbeat", ACCOUNT, "alice"],
+    "conversation-show": ["conversation", "show", ACCOUNT, NUMBER, CUSTOMER],
 }
 TRACEBACK = ["--traceback", "account", "set", ACCOUNT, "--admin", "boss"]
 SETTINGS_ARGS = ["account", "set", ACCOUNT, "--admin", "boss"]

@@ -418,3 +418,106 @@ def test_stats_of_an_account_lists_its_indexed_numbers(cli: Any, rd: Any) -> Non
 
     assert shown.code == 0
     assert sorted(json.loads(shown.out)["account"]["numbers"]) == ["15550001000", "15550002000"]
+
+
+# The conversation settings: presence_ttl_s (account), capacity and owner_online_only (number).
+
+CONVERSATIONS = """\
+# Rota configuration: `rota apply FILE` writes it, `rota export` prints it.
+
+[accounts.acme]
+admin = "boss"
+presence_ttl_s = 300
+
+[accounts.acme.numbers.15550001000]
+members = ["A", "B"]
+access = []
+assign_unknown = true
+online_only = true
+capacity = 5
+owner_online_only = true
+"""
+
+
+def test_conversation_settings_round_trip_through_apply_and_export(
+    cli: Any, rd: Any, tmp_path: Path
+) -> None:
+    # Given a file with every conversation setting on
+    applied = cli("apply", str(write(tmp_path, CONVERSATIONS)))
+    # Then they are stored where the worker reads them, and export prints the file again
+    assert applied.code == 0, applied.err
+    assert rd.hgetall(keys.account_settings("acme")) == {"admin": "boss", "presence_ttl_s": "300"}
+    assert rd.hgetall(keys.number("acme", "15550001000")) == {
+        "assign_unknown": "1",
+        "online_only": "1",
+        "capacity": "5",
+        "owner_online_only": "1",
+    }
+    assert cli("export").out == CONVERSATIONS
+
+
+def test_conversation_settings_left_out_are_off_and_not_exported(
+    cli: Any, rd: Any, tmp_path: Path
+) -> None:
+    # Given the settings on, then a file that leaves them out
+    cli("apply", str(write(tmp_path, CONVERSATIONS)))
+    without = CONVERSATIONS.replace("presence_ttl_s = 300\n", "")
+    without = without.replace("capacity = 5\nowner_online_only = true\n", "")
+    assert cli("apply", str(write(tmp_path, without))).code == 0
+    # Then they are off (absent) and the export has none of them
+    assert rd.hgetall(keys.account_settings("acme")) == {"admin": "boss"}
+    assert config_redis.read_number(rd, "acme", "15550001000") == NumberConfig(members=["A", "B"])
+    assert rd.hgetall(keys.number("acme", "15550001000")) == {
+        "assign_unknown": "1",
+        "online_only": "1",
+    }
+    assert cli("export").out == without
+
+
+def test_number_and_account_set_merge_the_conversation_settings(cli: Any, rd: Any) -> None:
+    admin.set_number(rd, "acme", "15550001000", members=["A"], capacity=2)
+    admin.set_number(rd, "acme", "15550001000", owner_online_only=True)
+    admin.set_account(rd, "acme", admin="boss")
+    admin.set_account(rd, "acme", presence_ttl_s=60)
+
+    assert config_redis.read_number(rd, "acme", "15550001000") == NumberConfig(
+        members=["A"], capacity=2, owner_online_only=True
+    )
+    assert config_redis.read_account(rd, "acme").presence_ttl_s == 60
+    assert "presence_ttl_s = 60\n" in cli("export").out
+    admin.set_account(rd, "acme", presence_ttl_s=0)  # off: removed
+    assert rd.hgetall(keys.account_settings("acme")) == {"admin": "boss"}
+
+
+@pytest.mark.parametrize(
+    ("stored", "read"), [("7", 7), ("0", 0), ("-3", 0), ("seven", 0), ("9" * 30, 0)]
+)
+def test_a_hand_written_capacity_that_is_no_whole_number_reads_as_off(
+    rd: Any, stored: str, read: int
+) -> None:
+    admin.set_number(rd, "acme", "15550001000", members=["A"])
+    rd.hset(keys.number("acme", "15550001000"), "capacity", stored)
+
+    config = config_redis.read_number(rd, "acme", "15550001000")
+    assert config is not None and config.capacity == read
+
+
+@pytest.mark.parametrize(
+    ("body", "line", "complaint"),
+    [
+        ("[accounts.acme]\n\npresence_ttl_s = -1\n", 3, "whole number"),
+        ('[accounts.acme]\npresence_ttl_s = "60"\n', 2, "whole number"),
+        ("[accounts.acme.numbers.15550001000]\ncapacity = 1.5\n", 2, "whole number"),
+        ("[accounts.acme.numbers.15550001000]\ncapacity = true\n", 2, "whole number"),
+        ("[accounts.acme.numbers.15550001000]\ncapacity = 4294967296\n", 2, "whole number"),
+        ("[accounts.acme.numbers.15550001000]\n\n\nowner_online_only = 1\n", 4, "true or false"),
+    ],
+)
+def test_conversation_settings_are_checked_at_their_line(
+    cli: Any, rd: Any, tmp_path: Path, body: str, line: int, complaint: str
+) -> None:
+    result = cli("apply", str(write(tmp_path, body)))
+    assert result.code == 2
+    assert f"rota.toml:{line}:" in result.err
+    assert complaint in result.err
+    assert rd.keys("*") == []

@@ -109,6 +109,11 @@ def test_everything_runs_as_the_documented_acl_user_with_default_off(
     assert '"unknown_number": 1' in cli("stats", "acme", **hooks)
     assert "unknown_number" in cli("dead", "list")
     assert "replayed 1" in cli("dead", "replay")
+    # and so do the conversation settings and show (after the worker: the counts above stand)
+    cli("account", "set", "acme", "--presence-ttl", "60")
+    cli("number", "set", "acme", "15550001000", "--capacity", "2", "--owner-online-only")
+    assert '"at_capacity"' in cli("number", "show", "acme", "15550001000")
+    assert '"user": "bob"' in cli("conversation", "show", "acme", "15550001000", "447700900999")
     assert acl_denials(acl_server) == []
 
 

@@ -9,14 +9,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from worker import chats, clock, config_redis, keys, partitions, presence, rules
+from worker import chats, clock, config_redis, keys, presence, rules
+from worker import client as rota_client
 from worker.config import NumberConfig
 from worker.keys import group_name
 from worker.settings import Settings
 
 
-def set_account(client: Any, account: str, admin: str) -> None:
-    config_redis.set_account(client, account, admin)
+def set_account(
+    client: Any, account: str, admin: str | None = None, presence_ttl_s: int | None = None
+) -> None:
+    config_redis.set_account(client, account, admin, presence_ttl_s)
 
 
 def set_group(client: Any, account: str, group: str, users: Sequence[str]) -> None:
@@ -24,7 +27,8 @@ def set_group(client: Any, account: str, group: str, users: Sequence[str]) -> No
 
 
 def set_presence(client: Any, account: str, user: str, status: str) -> None:
-    client.hset(keys.presence(account), user, status)
+    """The status as given (tests write what a CRM's HSET could), heard now (worker.client)."""
+    rota_client.write_presence(client, account, user, status)
 
 
 def set_owner(client: Any, account: str, number: str, customer: str, user: str) -> None:
@@ -40,10 +44,20 @@ def set_number(
     assign_unknown: bool | None = None,
     online_only: bool | None = None,
     admin: str | None = None,
+    capacity: int | None = None,
+    owner_online_only: bool | None = None,
 ) -> list[str]:
     """Changes what is given, keeps the rest, atomically (worker.config_redis); new numbers get
     assign_unknown and online_only on. Returns warnings: members that access leaves out."""
-    change = config_redis.NumberChange(members, access, assign_unknown, online_only, admin)
+    change = config_redis.NumberChange(
+        members,
+        access,
+        assign_unknown,
+        online_only,
+        admin,
+        capacity=capacity,
+        owner_online_only=owner_online_only,
+    )
     config_redis.set_number(client, account, number, change)
     state = load_number(client, account, number)
     may_use = rules.allowed(state)
@@ -79,14 +93,23 @@ def show_number(client: Any, account: str, number: str) -> dict[str, Any] | None
     if config is None:
         return None
     state = load_number(client, account, number)
+    # TODO(lead): eligible_now and next follow rules.py, which does not know capacity,
+    # presence_ttl_s or owner_online_only yet; once it does, load_number should pass them.
     next_choice = rules.decide(state, customer="")
     today = chats.today(client, account, clock.server_ms(client))
+    account_config = config_redis.read_account(client, account)
+    open_now = open_counts(client, account, number)
+    users = rules.rotation(state)
+    full = [u for u in users if open_now.get(u, 0) >= config.capacity] if config.capacity else []
     return {
         "account": account,
         "number": number,
         "settings": {
             "assign_unknown": state.assign_unknown,
             "online_only": state.online_only,
+            "capacity": config.capacity,
+            "owner_online_only": config.owner_online_only,
+            "presence_ttl_s": account_config.presence_ttl_s,
             "admin": config.admin,
             "effective_admin": state.admin,
         },
@@ -98,13 +121,21 @@ def show_number(client: Any, account: str, number: str) -> dict[str, Any] | None
         "cursor": state.cursor,
         "next": {"user": next_choice.user, "reason": next_choice.reason},
         "known_customers": client.hlen(keys.owners(account, number)),
+        "open": open_now,  # open conversations per user on this number
+        "at_capacity": full,
         # New chats today (UTC) per user of the rotation, on all the account's numbers.
         "chats_today": {user: today.get(user, 0) for user in rules.rotation(state)},
     }
 
 
+def open_counts(client: Any, account: str, number: str) -> dict[str, int]:
+    """user -> open conversations on the number, users with none left out (a count written
+    by hand that is no whole number counts as none)."""
+    stored = client.hgetall(keys.open_counts(account, number))
+    counts = {user: config_redis.whole(value) for user, value in stored.items()}
+    return {user: counts[user] for user in sorted(counts) if counts[user] > 0}
+
+
 def send(client: Any, settings: Settings, fields: dict[str, str]) -> str:
-    """XADD to the inbound stream, or to the account's partition (worker.partitions)."""
-    stream = partitions.inbound_stream(settings, fields.get("account"))
-    entry_id: str = client.xadd(stream, fields)
-    return entry_id
+    """XADD, unchecked, to the inbound stream, or to the account's partition."""
+    return rota_client.add(client, settings, fields)

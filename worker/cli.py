@@ -19,7 +19,8 @@ import pydantic
 import redis
 from redis.exceptions import RedisClusterException
 
-from worker import admin, connection, dead, embedded, messages, partitions, words
+from worker import admin, connection, dead, embedded, partitions, words
+from worker.client import Refused, Rota
 from worker.settings import Settings
 
 
@@ -42,6 +43,15 @@ def _list(text: str) -> list[str]:
 def _count(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"count {text!r} must be a whole number of at least 1")
+    return int(text)
+
+
+def _whole(text: str) -> int:
+    """Seconds or a capacity: 0 turns the setting off."""
+    from worker.config import MAX_WHOLE
+
+    if not text.isascii() or not text.isdigit() or int(text) > MAX_WHOLE:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a whole number from 0 to {MAX_WHOLE}")
     return int(text)
 
 
@@ -73,7 +83,10 @@ def build_parser() -> Parser:
     account = commands.add_parser("account").add_subparsers(dest="verb", required=True)
     account_set = account.add_parser("set", help="account settings")
     account_set.add_argument("account", type=ACCOUNT)
-    account_set.add_argument("--admin", type=USER, required=True)
+    account_set.add_argument("--admin", type=USER)
+    account_set.add_argument(
+        "--presence-ttl", type=_whole, metavar="S", help="seconds presence stays fresh; 0: off"
+    )
     account_set.set_defaults(run=cmd_account_set)
 
     number = commands.add_parser("number").add_subparsers(dest="verb", required=True)
@@ -85,6 +98,10 @@ def build_parser() -> Parser:
     number_set.add_argument("--assign-unknown", action=argparse.BooleanOptionalAction)
     number_set.add_argument("--online-only", action=argparse.BooleanOptionalAction)
     number_set.add_argument("--admin", type=USER)
+    number_set.add_argument(
+        "--capacity", type=_whole, metavar="N", help="open conversations per user; 0: no limit"
+    )
+    number_set.add_argument("--owner-online-only", action=argparse.BooleanOptionalAction)
     number_set.set_defaults(run=cmd_number_set)
     number_show = number.add_parser("show", help="settings, eligible users, who is next")
     number_show.add_argument("account", type=ACCOUNT)
@@ -104,6 +121,25 @@ def build_parser() -> Parser:
     presence_set.add_argument("user", type=USER)
     presence_set.add_argument("status", type=STATUS)
     presence_set.set_defaults(run=cmd_presence_set)
+    heartbeat = presence.add_parser("heartbeat", help="a user's client is alive")
+    heartbeat.add_argument("account", type=ACCOUNT)
+    heartbeat.add_argument("user", type=USER)
+    heartbeat.set_defaults(run=cmd_presence_heartbeat)
+
+    conversation = commands.add_parser("conversation").add_subparsers(dest="verb", required=True)
+    for verb, run, what, with_user in (
+        ("show", cmd_conversation_show, "JSON: who has it, its state, replied", False),
+        ("replied", cmd_conversation_replied, "USER answered the customer", True),
+        ("close", cmd_conversation_close, "close the conversation", False),
+        ("transfer", cmd_conversation_transfer, "USER takes the conversation now", True),
+    ):
+        parser_ = conversation.add_parser(verb, help=what)
+        parser_.add_argument("account", type=ACCOUNT)
+        parser_.add_argument("number", type=NUMBER)
+        parser_.add_argument("customer", type=CUSTOMER)
+        if with_user:
+            parser_.add_argument("user", type=USER)
+        parser_.set_defaults(run=run)
 
     owner = commands.add_parser("owner").add_subparsers(dest="verb", required=True)
     owner_set = owner.add_parser("set", help="mark a known contact")
@@ -276,7 +312,10 @@ def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_account_set(args: argparse.Namespace, settings: Settings) -> int:
-    admin.set_account(connection.connect(settings, decode=True), args.account, args.admin)
+    if args.admin is None and args.presence_ttl is None:
+        raise BadInput("account set needs --admin or --presence-ttl")
+    client = connection.connect(settings, decode=True)
+    admin.set_account(client, args.account, args.admin, args.presence_ttl)
     return 0
 
 
@@ -290,6 +329,8 @@ def cmd_number_set(args: argparse.Namespace, settings: Settings) -> int:
         assign_unknown=args.assign_unknown,
         online_only=args.online_only,
         admin=args.admin,
+        capacity=args.capacity,
+        owner_online_only=args.owner_online_only,
     )
     for warning in warnings:
         print(f"rota: warning: {warning}", file=sys.stderr)
@@ -309,9 +350,38 @@ def cmd_group_set(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _rota(settings: Settings) -> Rota:
+    return Rota(connection.connect(settings, decode=True), settings)
+
+
 def cmd_presence_set(args: argparse.Namespace, settings: Settings) -> int:
-    client = connection.connect(settings, decode=True)
-    admin.set_presence(client, args.account, args.user, args.status)
+    _rota(settings).set_presence(args.account, args.user, args.status)
+    return 0
+
+
+def cmd_presence_heartbeat(args: argparse.Namespace, settings: Settings) -> int:
+    print(_rota(settings).heartbeat(args.account, args.user))
+    return 0
+
+
+def cmd_conversation_show(args: argparse.Namespace, settings: Settings) -> int:
+    shown = _rota(settings).show_conversation(args.account, args.number, args.customer)
+    print(json.dumps(shown, indent=2))
+    return 0
+
+
+def cmd_conversation_replied(args: argparse.Namespace, settings: Settings) -> int:
+    print(_rota(settings).replied(args.account, args.number, args.customer, args.user))
+    return 0
+
+
+def cmd_conversation_close(args: argparse.Namespace, settings: Settings) -> int:
+    print(_rota(settings).close(args.account, args.number, args.customer))
+    return 0
+
+
+def cmd_conversation_transfer(args: argparse.Namespace, settings: Settings) -> int:
+    print(_rota(settings).transfer(args.account, args.number, args.customer, args.user))
     return 0
 
 
@@ -327,15 +397,11 @@ def cmd_partition(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_send(args: argparse.Namespace, settings: Settings) -> int:
-    fields = {"account": args.account, "number": args.number, "from": args.customer}
-    if args.message_id:
-        fields["message_id"] = args.message_id
-    if args.text:
-        fields["text"] = args.text
-    rejected = messages.check(fields, settings.max_message_bytes)
-    if rejected is not None:  # the worker would only dead-letter it
-        raise BadInput(f"{rejected.error}: {rejected.detail}")
-    print(admin.send(connection.connect(settings, decode=True), settings, fields))
+    extra = {"text": args.text} if args.text else {}
+    entry_id = _rota(settings).send(
+        args.number, args.customer, message_id=args.message_id, account=args.account, **extra
+    )
+    print(entry_id)
     return 0
 
 
@@ -403,7 +469,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings()
         code: int = args.run(args, settings)
         return code
-    except BadInput as bad:
+    except (BadInput, Refused) as bad:  # Refused: what the worker would only dead-letter
         return _fail(2, f"error: {bad}", show_traceback)
     except pydantic.ValidationError as invalid:
         return _fail(2, f"error: {_invalid_setting(invalid)}", show_traceback)

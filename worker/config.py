@@ -2,6 +2,7 @@
 
     [accounts.acme]
     admin = "boss"                          # left out: no account admin
+    presence_ttl_s = 300                    # left out: 0 (off)
 
     [accounts.acme.groups]
     sales = ["alice", "bob"]
@@ -11,6 +12,8 @@
     access = ["carol", "group:sales"]       # empty or left out: everyone may use the number
     assign_unknown = true                   # left out: true
     online_only = true                      # left out: true
+    capacity = 5                            # left out: 0 (off)
+    owner_online_only = true                # left out: false
     admin = "boss2"                         # left out: the account's admin
 
 ``parse`` checks all of a file and names the line of the first error; ``render`` writes the
@@ -29,8 +32,19 @@ from worker import rules, words
 from worker.keys import group_name
 from worker.tomlpos import Path, key_lines, line_of
 
-ACCOUNT_KEYS = ("admin", "groups", "numbers")
-NUMBER_KEYS = ("members", "access", "assign_unknown", "online_only", "admin")
+ACCOUNT_KEYS = ("admin", "presence_ttl_s", "groups", "numbers")
+NUMBER_KEYS = (
+    "members",
+    "access",
+    "assign_unknown",
+    "online_only",
+    "capacity",
+    "owner_online_only",
+    "admin",
+)
+# The largest whole-number setting (seconds, a capacity): far beyond any real one, and small
+# enough that the script's arithmetic on it (seconds to milliseconds) stays exact.
+MAX_WHOLE = 2**31 - 1
 HEADER = "# Rota configuration: `rota apply FILE` writes it, `rota export` prints it."
 WRAP_AT = 100
 
@@ -41,12 +55,15 @@ class NumberConfig:
     access: list[str] = field(default_factory=list)
     assign_unknown: bool = True
     online_only: bool = True
+    capacity: int = 0  # open conversations per user on the number; 0: no limit
+    owner_online_only: bool = False
     admin: str | None = None
 
 
 @dataclass
 class AccountConfig:
     admin: str | None = None
+    presence_ttl_s: int = 0  # 0: presence never goes stale
     groups: dict[str, list[str]] = field(default_factory=dict)
     numbers: dict[str, NumberConfig] = field(default_factory=dict)
 
@@ -120,6 +137,13 @@ def _bool(value: Any, path: Path) -> bool:
     return value
 
 
+def _whole(value: Any, path: Path) -> int:
+    # bool is an int in Python, not in TOML: `capacity = true` is a mistake, not 1.
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_WHOLE:
+        raise _Invalid(path, f"must be a whole number from 0 to {MAX_WHOLE}")
+    return value
+
+
 def _config(document: dict[str, Any]) -> Config:
     top = _table(document, (), ("accounts",))
     accounts = _table(top.get("accounts", {}), ("accounts",))
@@ -134,6 +158,8 @@ def _account(value: Any, path: Path) -> AccountConfig:
     account = AccountConfig()
     if "admin" in table:
         account.admin = _word(words.user, table["admin"], (*path, "admin"))
+    if "presence_ttl_s" in table:
+        account.presence_ttl_s = _whole(table["presence_ttl_s"], (*path, "presence_ttl_s"))
     groups = _table(table.get("groups", {}), (*path, "groups"))
     for name, users in groups.items():
         where = (*path, "groups", name)
@@ -158,9 +184,11 @@ def _number(value: Any, path: Path, groups: dict[str, list[str]]) -> NumberConfi
             if group is not None and group not in groups:
                 raise _Invalid((*path, name, i), f"group {group} is not defined in this account")
         setattr(number, name, entries)
-    for name in ("assign_unknown", "online_only"):
+    for name in ("assign_unknown", "online_only", "owner_online_only"):
         if name in table:
             setattr(number, name, _bool(table[name], (*path, name)))
+    if "capacity" in table:
+        number.capacity = _whole(table["capacity"], (*path, "capacity"))
     if "admin" in table:
         number.admin = _word(words.user, table["admin"], (*path, "admin"))
     return number
@@ -192,6 +220,8 @@ def render(config: Config) -> str:
         lines.append(f"[{prefix}]")
         if account.admin:
             lines.append(f"admin = {_string(account.admin)}")
+        if account.presence_ttl_s:
+            lines.append(f"presence_ttl_s = {account.presence_ttl_s}")
         lines.append("")
         if account.groups:
             lines.append(f"[{prefix}.groups]")
@@ -204,6 +234,11 @@ def render(config: Config) -> str:
             lines.append(_assign("access", sorted(number.access)))
             lines.append(f"assign_unknown = {str(number.assign_unknown).lower()}")
             lines.append(f"online_only = {str(number.online_only).lower()}")
+            # Conversation settings only when on: files written before them export unchanged.
+            if number.capacity:
+                lines.append(f"capacity = {number.capacity}")
+            if number.owner_online_only:
+                lines.append("owner_online_only = true")
             if number.admin:
                 lines.append(f"admin = {_string(number.admin)}")
             lines.append("")

@@ -24,7 +24,7 @@ configuration: nothing here writes them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,12 +32,13 @@ import redis
 from redis.exceptions import RedisClusterException
 
 from worker import index, keys
-from worker.config import AccountConfig, Config, NumberConfig
+from worker.config import MAX_WHOLE, AccountConfig, Config, NumberConfig
 from worker.connection import refusal
 from worker.keys import group_name
 
-FLAGS = ("assign_unknown", "online_only")
+FLAGS = ("assign_unknown", "online_only", "owner_online_only")
 NEW_NUMBER = {"assign_unknown": "1", "online_only": "1"}  # the contract's defaults
+ACCOUNT_FIELDS = ("admin", "presence_ttl_s")
 MAX_TRIES = 100  # of one transaction whose watched keys keep changing
 
 
@@ -50,11 +51,21 @@ class NumberChange:
     assign_unknown: bool | None = None
     online_only: bool | None = None
     admin: str | None = None
+    capacity: int | None = None
+    owner_online_only: bool | None = None
 
     @classmethod
     def whole(cls, number: NumberConfig) -> NumberChange:
+        """All of a number, written over its just deleted settings: the conversation settings
+        only when on (absent is off), so a file without them writes what it did before them."""
         return cls(
-            number.members, number.access, number.assign_unknown, number.online_only, number.admin
+            number.members,
+            number.access,
+            number.assign_unknown,
+            number.online_only,
+            number.admin,
+            capacity=number.capacity or None,
+            owner_online_only=number.owner_online_only or None,
         )
 
     def fields(self) -> dict[str, str]:
@@ -62,6 +73,8 @@ class NumberChange:
         given = {
             name: str(int(value)) for name in FLAGS if (value := getattr(self, name)) is not None
         }
+        if self.capacity is not None:
+            given["capacity"] = str(self.capacity)
         if self.admin is not None:
             given["admin"] = self.admin
         return given
@@ -117,8 +130,29 @@ def _number_from(
         access=sorted(access),
         assign_unknown=settings.get("assign_unknown") != "0",
         online_only=settings.get("online_only") != "0",
+        capacity=whole(settings.get("capacity")),
+        owner_online_only=settings.get("owner_online_only") == "1",
         admin=settings.get("admin") or None,
     )
+
+
+def whole(value: str | None) -> int:
+    """A whole-number setting as stored; absent, or not a whole number in range (written by
+    hand), is 0: off."""
+    if value is None or not value.isascii() or not value.isdigit():
+        return 0
+    number = int(value)
+    return number if number <= MAX_WHOLE else 0
+
+
+def read_account(client: Any, account: str) -> AccountConfig:
+    """The account's own settings (not its groups and numbers), from a decoding client."""
+    admin, ttl = client.hmget(keys.account_settings(account), ACCOUNT_FIELDS)
+    return _account_from(admin, ttl)
+
+
+def _account_from(admin: str | None, presence_ttl_s: str | None) -> AccountConfig:
+    return AccountConfig(admin=admin or None, presence_ttl_s=whole(presence_ttl_s))
 
 
 def load(client: Any, accounts: Collection[str] | None = None) -> Config:
@@ -130,14 +164,14 @@ def load(client: Any, accounts: Collection[str] | None = None) -> Config:
     config: Config = {}
     for account, kinds in sorted(index.names(client, accounts).items()):
         pipe = client.pipeline(transaction=True)
-        pipe.hget(keys.account_settings(account), "admin")
+        pipe.hmget(keys.account_settings(account), ACCOUNT_FIELDS)
         groups, numbers = sorted(kinds["group"]), sorted(kinds["number"])
         for name in groups:
             pipe.lrange(keys.group(account, name), 0, -1)
         for number in numbers:
             _queue_read_number(pipe, account, number)
         replies = iter(pipe.execute())
-        loaded = AccountConfig(admin=next(replies) or None)
+        loaded = _account_from(*next(replies))
         loaded.groups = {name: next(replies) for name in groups}
         for number in numbers:
             read = _number_from(next(replies), next(replies), next(replies))
@@ -155,11 +189,15 @@ def load(client: Any, accounts: Collection[str] | None = None) -> Config:
 # --- Writing --------------------------------------------------------------------------------
 
 
-def set_account(client: Any, account: str, admin: str | None) -> None:
-    """The account's admin (None: none); its other settings stay."""
+def set_account(
+    client: Any, account: str, admin: str | None = None, presence_ttl_s: int | None = None
+) -> None:
+    """Changes what is given (a ``presence_ttl_s`` of 0 turns it off), keeps the rest."""
+    given: dict[str, str | int | None] = {"admin": admin, "presence_ttl_s": presence_ttl_s}
+    fields = {name: value for name, value in given.items() if value is not None}
     settings = [keys.account_settings(account)]
     _transact(
-        client, account, settings, lambda pipe, _: _queue_account(pipe, account, admin), False
+        client, account, settings, lambda pipe, _: _queue_account(pipe, account, fields), False
     )
 
 
@@ -197,7 +235,9 @@ def _apply_account(client: Any, account: str, wanted: AccountConfig, prune: bool
     stale_numbers = existing["number"] - set(wanted.numbers) if existing else set()
 
     def queue(pipe: Any, _: dict[str, int]) -> None:
-        _queue_account(pipe, account, wanted.admin)
+        _queue_account(
+            pipe, account, {"admin": wanted.admin, "presence_ttl_s": wanted.presence_ttl_s}
+        )
         for name, users in wanted.groups.items():
             _queue_group(pipe, account, name, users)
         for number, settings in wanted.numbers.items():
@@ -270,11 +310,14 @@ def _is_integer(value: str) -> bool:
     return str(number) == value and -(2**63) <= number < 2**63
 
 
-def _queue_account(pipe: Any, account: str, admin: str | None) -> None:
-    if admin:
-        pipe.hset(keys.account_settings(account), "admin", admin)
-    else:
-        pipe.hdel(keys.account_settings(account), "admin")
+def _queue_account(pipe: Any, account: str, fields: Mapping[str, str | int | None]) -> None:
+    """Writes the given account settings; an empty or 0 value is removed (absent: none, off)."""
+    key = keys.account_settings(account)
+    for name, value in fields.items():
+        if value:
+            pipe.hset(key, name, str(value))
+        else:
+            pipe.hdel(key, name)
 
 
 def _queue_group(pipe: Any, account: str, name: str, users: Sequence[str]) -> None:
@@ -302,8 +345,8 @@ def _queue_number(pipe: Any, account: str, number: str, change: NumberChange, ne
 
 
 def _queue_prune(pipe: Any, account: str, groups: set[str], numbers: set[str]) -> None:
-    """Removes the given groups and numbers' configuration; a pruned number's cursor and owners
-    stay, in case it comes back."""
+    """Removes the given groups and numbers' configuration; a pruned number's state (cursor,
+    owners, open conversations with their counts and replies) stays, in case it comes back."""
     index.forget(pipe, account, numbers=numbers, groups=groups)
     for name in groups:
         pipe.delete(keys.group(account, name))
