@@ -74,6 +74,7 @@ def load_number(client: Any, account: str, number: str) -> rules.NumberState:
     members, access = config.members, set(config.access)
     names = {n for n in map(group_name, [*members, *access]) if n is not None}
     groups = {name: client.lrange(keys.group(account, name), 0, -1) for name in sorted(names)}
+    account_config = config_redis.read_account(client, account)
     state = rules.NumberState(
         members=members,
         access=access,
@@ -82,8 +83,17 @@ def load_number(client: Any, account: str, number: str) -> rules.NumberState:
         online_only=config.online_only,
         admin=config.admin or client.hget(keys.account_settings(account), "admin") or None,
         cursor=int(client.get(keys.cursor(account, number)) or 0),
+        capacity=config.capacity,
+        owner_online_only=config.owner_online_only,
+        presence_ttl_ms=account_config.presence_ttl_s * 1000,
+        now_ms=clock.server_ms(client),
+        load=open_counts(client, account, number),
     )
-    state.presence = presence.statuses(client, account, rules.expand(members, groups))
+    users = rules.expand(members, groups)
+    state.presence = presence.statuses(client, account, users)
+    if users and state.presence_ttl_ms:
+        heard = client.hmget(keys.heard(account), users)
+        state.heard = {u: config_redis.whole(t) for u, t in zip(users, heard, strict=True) if t}
     return state
 
 
@@ -93,14 +103,10 @@ def show_number(client: Any, account: str, number: str) -> dict[str, Any] | None
     if config is None:
         return None
     state = load_number(client, account, number)
-    # TODO(lead): eligible_now and next follow rules.py, which does not know capacity,
-    # presence_ttl_s or owner_online_only yet; once it does, load_number should pass them.
     next_choice = rules.decide(state, customer="")
-    today = chats.today(client, account, clock.server_ms(client))
+    today = chats.today(client, account, state.now_ms)
     account_config = config_redis.read_account(client, account)
-    open_now = open_counts(client, account, number)
-    users = rules.rotation(state)
-    full = [u for u in users if open_now.get(u, 0) >= config.capacity] if config.capacity else []
+    open_now, full = state.load, rules.at_capacity(state)
     return {
         "account": account,
         "number": number,
