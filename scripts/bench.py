@@ -10,6 +10,7 @@ Parts (the machine is shared, so each figure is set against a baseline measured 
   5 scale    10 vs 1,000 members; Redis memory per known customer
   6 night    the night shift: 1,000 members of whom one is available, at full load and one
              message at a time, against 8 members all available
+  7 conversations  capacity and presence TTL on (never reached) against the same decision off
 
 Run it as ``scripts/bench [--quick] [--only PART] [--json FILE]``: progress on stderr, the table
 on stdout; exit 0 when every part ran (whatever the targets say), 1 when a check failed.
@@ -83,6 +84,7 @@ PEER_OWNERS = f"bench:chatwoot:{{{ACCOUNT}}}:owners:{NUMBER}"
 TARGET_E2E = 0.7  # 2 workers >= 0.7 x the null pipeline's msg/s
 TARGET_REDIS_CPU = 2.0  # Redis CPU per message <= 2 x the null pipeline's
 TARGET_NIGHT = 2.0  # 1,000 members, 1 available <= 2 x the time per message of 8 available
+TARGET_CONVERSATIONS = 1.5  # capacity and presence TTL on <= 1.5 x the plain decision
 TARGET_P99_MS = 5.0
 TARGET_PEER = 20.0  # Rota >= 20 x the client-side peer
 TARGET_SCALE = 3.0  # 1,000 members <= 3 x the time of 10
@@ -90,7 +92,7 @@ TARGET_BYTES = 100.0  # Redis per known customer
 
 PART_NAMES = {
     "0": "null", "1": "ceiling", "2": "e2e", "3": "latency", "4": "peers", "5": "scale",
-    "6": "night",
+    "6": "night", "7": "conversations",
 }  # fmt: skip
 # the baselines a part's ratios are taken against
 NEEDS = {"2": ("0", "1"), "4": ("0", "1", "2")}
@@ -199,10 +201,8 @@ def fresh(bench: Bench, members: int, available: int | None = None) -> None:
     admin.set_account(bench.rd, ACCOUNT, ADMIN)
     admin.set_number(bench.rd, ACCOUNT, NUMBER, members=users(members))
     away = members - (members if available is None else available)
-    pipe = bench.rd.pipeline(transaction=False)
     for i, user in enumerate(users(members)):
-        admin.set_presence(pipe, ACCOUNT, user, "away" if i < away else "available")
-    pipe.execute()
+        admin.set_presence(bench.rd, ACCOUNT, user, "away" if i < away else "available")
 
 
 def inbound_fields(i: int, tag: str) -> dict[str, str]:
@@ -513,11 +513,21 @@ def verify_drained(bench: Bench, count: int) -> None:
 
 
 def drain(
-    bench: Bench, workers: int, members: int = 8, available: int | None = None, count: int = 0
+    bench: Bench,
+    workers: int,
+    members: int = 8,
+    available: int | None = None,
+    count: int = 0,
+    conversations: bool = False,
 ) -> Drain:
-    """``count`` (default: the e2e size) messages on the stream, drained by burst workers."""
+    """``count`` (default: the e2e size) messages on the stream, drained by burst workers;
+    ``conversations``: with a capacity and a presence TTL on, neither ever reached, so every
+    decision pays for their checks and changes nothing."""
     count = count or bench.sizes.e2e
     fresh(bench, members, available)
+    if conversations:
+        bench.rd.hset(keys.number(ACCOUNT, NUMBER), "capacity", count + 1)
+        bench.rd.hset(keys.account_settings(ACCOUNT), "presence_ttl_s", CONVERSATION_TTL_S)
     push(bench, count, f"wamid.e2e{workers}")
     log(f"e2e: {count:,} messages on {INBOUND}, {members:,} members, {workers} x rota worker")
     redis_before, machine_before = redis_cpu_s(bench.rb), machine_busy_s()
@@ -1024,11 +1034,35 @@ def add_redis_cpu_pair(bench: Bench, day: Drain, night: Drain) -> None:
     bench.report.add("6 night", "  Redis CPU per message, day → night", value, ratio)
 
 
+# ---------------------------------------------------------------- 7: conversations
+
+CONVERSATION_TTL_S = 3_600  # every member was heard as the run set presence: all stay heard
+
+
+def part_conversations(bench: Bench) -> None:
+    count, report = bench.sizes.night, bench.report
+    log(f"7 conversations: capacity and presence TTL on vs off, {count:,} msgs")
+    plain = drain(bench, WORKERS, 8, None, count)
+    checked = drain(bench, WORKERS, 8, None, count, conversations=True)
+    opened = bench.rd.hlen(keys.open_conversations(ACCOUNT, NUMBER))
+    check(opened == count, f"{opened:,} conversations open after {count:,} new customers")
+    plain_us, checked_us = 1e6 / plain.busy_per_s, 1e6 / checked.busy_per_s
+    ratio = checked_us / plain_us
+    figure = f"time per message, 8 members, {WORKERS} workers, {count:,} msgs, settings off"
+    report.add("7 conversations", figure, f"{plain_us:.1f} µs", "baseline")
+    figure = "  capacity and presence_ttl_s on (never reached)"
+    goal = f"≤ {TARGET_CONVERSATIONS:g}x"
+    ok = ratio <= TARGET_CONVERSATIONS
+    report.judge("7 conversations", figure, f"{checked_us:.1f} µs", f"{ratio:.2f}x", goal, ok)
+    report.ratios.append(f"capacity and TTL on / off, time per message: {ratio:.2f}x")
+    report.figures["conversations"] = {"plain": asdict(plain), "checked": asdict(checked)}
+
+
 # ---------------------------------------------------------------- running and printing
 
 PARTS: dict[str, Callable[[Bench], None]] = {
     "0": part_null, "1": part_ceiling, "2": part_e2e, "3": part_latency, "4": part_peers,
-    "5": part_scale, "6": part_night,
+    "5": part_scale, "6": part_night, "7": part_conversations,
 }  # fmt: skip
 
 
