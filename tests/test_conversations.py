@@ -378,7 +378,13 @@ def test_conversation_show_json_for_none_open_and_closed(
     rd: Any, rb: Any, settings: Settings, rota: Cli
 ) -> None:
     rota("number", "set", ACCOUNT, NUMBER, "--members", "alice", "--no-online-only")
-    none = {"user": None, "state": "none", "replied": False, "reply_deadline": None, "tried": []}
+    none: dict[str, Any] = {
+        "user": None,
+        "state": "none",
+        "replied": False,
+        "reply_deadline": None,
+        "tried": [],
+    }
     assert json.loads(rota("conversation", "show", ACCOUNT, NUMBER, C1)) == none
 
     rota("send", "--account", ACCOUNT, NUMBER, C1, "--message-id", "wamid.1")
