@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import Target
 from tests.helpers import (
     ACCOUNT,
     DEAD_LETTER_FIELDS,
@@ -36,10 +37,10 @@ Cli = Callable[..., str]
 
 @pytest.fixture
 def rota(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    target: Target, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> Cli:
     """``rota ARGS`` in this process, on the test's server: its stdout (exit 0, no stderr)."""
-    monkeypatch.setenv("ROTA_REDIS_URL", settings.redis_url)
+    monkeypatch.setenv("ROTA_REDIS_URL", target.url)
 
     def run(*args: str) -> str:
         code = cli.main(list(args))
@@ -217,8 +218,10 @@ def test_transfer_publishes_an_event_with_previous_and_event_id(
 ) -> None:
     given_number(rd, ["alice", "bob"], online_only=False, capacity=1)
     assert decided(rd, rb, settings, C1) == [("alice", "round_robin")]
-    # carol: no member, no status, and taking it puts her nowhere near any capacity check
-    activity(rd, settings, "transfer", **conversation(C1, user="carol"), message_id="t.1")
+    # carol: no member, no status; a transfer takes no account of either
+    entry_id = activity(
+        rd, settings, "transfer", **conversation(C1, user="carol"), message_id="t.1"
+    )
     burst(rb, settings)
 
     event = events(rd, settings)[-1]
@@ -230,6 +233,7 @@ def test_transfer_publishes_an_event_with_previous_and_event_id(
         "reason": "transfer",
         "previous": "alice",
         "message_id": "",
+        "inbound_id": entry_id,
     }
     assert event["event_id"] != "" and int(event["at"]) > 0
     assert owner_of(rd, C1) == "carol"
@@ -241,11 +245,7 @@ def test_transfer_publishes_an_event_with_previous_and_event_id(
     burst(rb, settings)
     again = events(rd, settings)[-1]
     assert len(events(rd, settings)) == 3
-    assert (again["event_id"], again["previous"], again["user"]) == (
-        event["event_id"],
-        "alice",
-        "carol",
-    )
+    assert {**again, "inbound_id": entry_id} == event  # the same event_id, previous, user, at
     assert open_counts(rd) == {"carol": 1}
 
     # A second transfer, another event; the customer's next message goes to the new owner.
@@ -378,7 +378,13 @@ def test_conversation_show_json_for_none_open_and_closed(
     rd: Any, rb: Any, settings: Settings, rota: Cli
 ) -> None:
     rota("number", "set", ACCOUNT, NUMBER, "--members", "alice", "--no-online-only")
-    none = {"user": None, "state": "none", "replied": False, "reply_deadline": None, "tried": []}
+    none: dict[str, Any] = {
+        "user": None,
+        "state": "none",
+        "replied": False,
+        "reply_deadline": None,
+        "tried": [],
+    }
     assert json.loads(rota("conversation", "show", ACCOUNT, NUMBER, C1)) == none
 
     rota("send", "--account", ACCOUNT, NUMBER, C1, "--message-id", "wamid.1")
@@ -400,19 +406,19 @@ def test_conversation_show_json_for_none_open_and_closed(
 
 
 def test_conversation_transfer_through_the_rota_command(
-    rd: Any, rb: Any, settings: Settings
+    rd: Any, rb: Any, settings: Settings, target: Target
 ) -> None:
     """As operators run it: a subprocess for each command."""
     given_number(rd, ["alice", "bob"], online_only=False)
     assert decided(rd, rb, settings, C1) == [("alice", "round_robin")]
 
-    result = run_rota(settings.redis_url, "conversation", "transfer", ACCOUNT, NUMBER, C1, "bob")
+    result = run_rota(target.url, "conversation", "transfer", ACCOUNT, NUMBER, C1, "bob")
     assert (result.returncode, result.stderr) == (0, ""), result.stderr
     burst(rb, settings)
 
     [transferred] = [e for e in events(rd, settings) if e["reason"] == "transfer"]
     assert (transferred["user"], transferred["previous"]) == ("bob", "alice")
-    show = run_rota(settings.redis_url, "conversation", "show", ACCOUNT, NUMBER, C1)
+    show = run_rota(target.url, "conversation", "show", ACCOUNT, NUMBER, C1)
     assert (show.returncode, json.loads(show.stdout)["user"]) == (0, "bob")
 
 
