@@ -140,7 +140,13 @@ def test_every_command_runs_on_the_embedded_server(installed: Installed) -> None
     rota("owner", "set", "acme", NUMBER, "447700900999", "bob")
     rota("send", "--account", "acme", NUMBER, CUSTOMER, "--message-id", "wamid.install")
     rota("send", "--account", "acme", UNKNOWN_NUMBER, CUSTOMER)
+    rota("presence", "heartbeat", "acme", "bob")
+    rota("conversation", "replied", "acme", NUMBER, "447700900999", "bob")
+    rota("conversation", "transfer", "acme", NUMBER, "447700900999", "alice")
+    rota("conversation", "close", "acme", NUMBER, "447700900999")
     rota("worker", "--burst")
+    conversation = json.loads(rota("conversation", "show", "acme", NUMBER, "447700900999").stdout)
+    assert conversation["state"] == "closed" and conversation["user"] == "alice", conversation
     shown = json.loads(rota("number", "show", "acme", NUMBER).stdout)
     assert shown["number"] == NUMBER, shown
     [letter] = [json.loads(line) for line in rota("dead", "list").stdout.splitlines()]
