@@ -110,14 +110,14 @@ def test_workers_killed_every_200ms_decide_each_of_100k_messages_exactly_once(
     )
 
 
-CAPACITY_CUSTOMERS = 100_000
+CAPACITY_CUSTOMERS = 250_000
 
 
 @pytest.mark.chaos
 def test_workers_killed_every_200ms_keep_capacity_and_open_counts_exact_with_closes(
     rd: Any, redis_server: RedisServer, forked_workers: ForkedWorkers
 ) -> None:
-    # Given a number of 8 members with capacity 5 and an admin, and 100,000 distinct customers'
+    # Given a number of 8 members with capacity 5 and an admin, and 250,000 distinct customers'
     # first messages with a `closed` entry of an earlier customer after most of them
     given_capacity_number(rd)
     traffic = given_customers_and_closes(rd, CAPACITY_CUSTOMERS, seed=200)
