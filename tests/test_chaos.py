@@ -15,6 +15,16 @@ from typing import Any
 
 import pytest
 
+from tests.capacity import (
+    ADMIN,
+    CAPACITY,
+    MEMBERS,
+    Sampler,
+    assert_each_message_decided_once,
+    assert_final_state,
+    given_capacity_number,
+    given_customers_and_closes,
+)
 from tests.conftest import ForkedWorkers
 from tests.helpers import (
     USERS,
@@ -96,6 +106,78 @@ def test_workers_killed_every_200ms_decide_each_of_100k_messages_exactly_once(
         f"events; {decided_by_the_dead(rd):,} messages decided by a worker killed before it "
         f"published, published unchanged by another; {repeats:,} repeated events; drained "
         f"{drained_at - started:.1f} s after the workers started, "
+        f"{drained_at - last_kill:.1f} s after the last kill"
+    )
+
+
+CAPACITY_CUSTOMERS = 250_000
+
+
+@pytest.mark.chaos
+def test_workers_killed_every_200ms_keep_capacity_and_open_counts_exact_with_closes(
+    rd: Any, redis_server: RedisServer, forked_workers: ForkedWorkers
+) -> None:
+    # Given a number of 8 members with capacity 5 and an admin, and 250,000 distinct customers'
+    # first messages with a `closed` entry of an earlier customer after most of them
+    given_capacity_number(rd)
+    traffic = given_customers_and_closes(rd, CAPACITY_CUSTOMERS, seed=200)
+    # and 4 workers that claim what a dead one held once it has been idle for 1 s (poison
+    # detection out of the way, as above)
+    options = {"claim_idle_ms": "1000", "max_deliveries": "1000"}
+    started = time.monotonic()
+    live = [forked_workers.start(redis_server.url, **options) for _ in range(WORKERS)]
+
+    # When a random one of them is killed with SIGKILL every 200 ms and a new one started,
+    # until 90% of the messages are decided, the open state snapshotted between kills
+    rng, sampler = random.Random(12), Sampler()
+    kills = 0
+    while rd.xlen("rota:assignments") < CAPACITY_CUSTOMERS * KILL_UNTIL:
+        if time.monotonic() - started > KILLING_AT_MOST_S:
+            break
+        while time.monotonic() < started + (kills + 1) * KILL_EVERY_S:
+            sampler.sample(rd)
+        victim = rng.randrange(WORKERS)
+        os.kill(live[victim].pid or 0, signal.SIGKILL)
+        live[victim].join()
+        assert live[victim].exitcode == -signal.SIGKILL
+        live[victim] = forked_workers.start(redis_server.url, **options)
+        kills += 1
+    last_kill = time.monotonic()
+
+    # Then the survivors decide everything that is left, still never above capacity,
+    def sampled_drained() -> bool:
+        sampler.sample(rd)
+        return drained(rd)
+
+    wait_until(sampled_drained, DRAIN_AT_MOST_S, "every entry read and acknowledged")
+    drained_at = time.monotonic()
+    # and stop cleanly
+    for process in live:
+        os.kill(process.pid or 0, signal.SIGTERM)
+    for process in live:
+        process.join(timeout=60)
+    assert [p.exitcode for p in live] == [0] * WORKERS, forked_workers.stderr()[-2_000:]
+
+    # and no snapshot had a rotation user above capacity, a negative count, or counts that
+    # differ from the open conversations; users did fill up
+    assert sampler.seen == [], sampler.seen[:5]
+    assert sampler.fullest == CAPACITY
+    # and each message has exactly one decision (closes none), round robin or the admin
+    decisions = assert_each_message_decided_once(rd, traffic)
+    reasons = Counter(d["reason"] for d in decisions.values())
+    assert set(reasons) == {"round_robin", "admin_fallback"}
+    assert {d["user"] for d in decisions.values() if d["reason"] == "admin_fallback"} == {ADMIN}
+    assert {d["user"] for d in decisions.values() if d["reason"] == "round_robin"} <= set(MEMBERS)
+    assert reasons["round_robin"] > len(MEMBERS) * CAPACITY, "closes freed slots for the rotation"
+    assert cursor(rd) >= reasons["round_robin"]
+    # and the open counts are exact at the end, nothing pending, nothing dead-lettered
+    assert_final_state(rd, traffic, decisions)
+    assert pending_count(rd) == 0
+    assert rd.xlen("rota:dead") == 0
+    print(
+        f"\nchaos with capacity: {CAPACITY_CUSTOMERS:,} messages and {traffic.closes:,} closes, "
+        f"{WORKERS} workers, {kills} SIGKILLs, {sampler.samples:,} snapshots; {dict(reasons)}; "
+        f"drained {drained_at - started:.1f} s after the workers started, "
         f"{drained_at - last_kill:.1f} s after the last kill"
     )
 
