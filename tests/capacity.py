@@ -12,7 +12,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.helpers import ACCOUNT, NUMBER, given_number, given_presence
+from tests.helpers import ACCOUNT, NUMBER, cursor, given_number, given_presence, pending_count
 from worker import keys
 
 CAPACITY = 5
@@ -164,3 +164,24 @@ def assert_final_state(rd: Any, traffic: Traffic, decisions: dict[str, dict[str,
         assert decision["customer"] == customer
         assert owners[customer] == decision["user"]
         assert state.open.get(customer, decision["user"]) == decision["user"]
+
+
+def assert_decided_within_capacity(rd: Any, traffic: Traffic, sampler: Sampler) -> Counter[str]:
+    """No snapshot had a rotation user above capacity, a negative count, or counts that differ
+    from the open conversations, and users did fill up; each message has one decision (closes
+    none), round robin or the admin; the open counts are exact at the end, nothing pending,
+    nothing dead-lettered. The reasons counted."""
+    assert sampler.seen == [], sampler.seen[:5]
+    assert sampler.fullest == CAPACITY
+    decisions = assert_each_message_decided_once(rd, traffic)
+    reasons = Counter(d["reason"] for d in decisions.values())
+    assert set(reasons) == {"round_robin", "admin_fallback"}
+    assert {d["user"] for d in decisions.values() if d["reason"] == "admin_fallback"} == {ADMIN}
+    assert {d["user"] for d in decisions.values() if d["reason"] == "round_robin"} <= set(MEMBERS)
+    assert reasons["round_robin"] > len(MEMBERS) * CAPACITY, "closes freed slots for the rotation"
+    # (the cursor moves past the users it skips at capacity too: at least one per decision)
+    assert cursor(rd) >= reasons["round_robin"]
+    assert_final_state(rd, traffic, decisions)
+    assert pending_count(rd) == 0
+    assert rd.xlen("rota:dead") == 0
+    return reasons
