@@ -183,16 +183,8 @@ def _checked(name: str, value: str) -> str:
         raise Refused("invalid_field", f"{name} must be a string")
     try:
         if name in ("from", "customer"):
-            return _customer(name, value)
+            return messages.customer(value, name)
         parse = {"account": words.account, "number": words.phone, "user": words.user}[name]
         return parse(value)
     except words.InvalidWord as invalid:
         raise Refused("invalid_field", str(invalid)) from None
-
-
-def _customer(name: str, value: str) -> str:
-    try:
-        return words.phone(value, name)
-    except words.InvalidWord:
-        form = "6-15 digits after +, spaces, dashes, dots, brackets"
-        raise words.InvalidWord(f"{name} {words.mask(value)!r} must be {form}") from None

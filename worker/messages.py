@@ -66,7 +66,7 @@ def _text(fields: Fields, name: str) -> str | None:
         raise words.InvalidWord(f"{name} is not UTF-8") from None
 
 
-def _customer(text: str, name: str = "from") -> str:
+def customer(text: str, name: str = "from") -> str:
     """The sender's number; a detail shows it masked as the logs do (people read dead
     letters; the letter's own ``from`` keeps it whole for a replay)."""
     try:
@@ -92,14 +92,14 @@ def _parse(inbound_id: str, fields: Fields) -> Message | Rejection:
         return Rejection("invalid_field", f"message_id longer than {MAX_MESSAGE_ID_BYTES} bytes")
     account = words.account(_text(fields, "account") or words.DEFAULT_ACCOUNT)
     number, user = values.get("number"), values.get("user")
-    customer, name = (
+    customer_text, name = (
         (values["from"], "from") if kind == MESSAGE else (values.get("customer"), "customer")
     )
     return Message(
         inbound_id,
         account,
         words.phone(number) if number else "",
-        _customer(customer, name) if customer else "",
+        customer(customer_text, name) if customer_text else "",
         message_id,
         kind,
         words.user(user) if user else "",
