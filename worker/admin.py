@@ -105,7 +105,6 @@ def show_number(client: Any, account: str, number: str) -> dict[str, Any] | None
     state = load_number(client, account, number)
     next_choice = rules.decide(state, customer="")
     today = chats.today(client, account, state.now_ms)
-    account_config = config_redis.read_account(client, account)
     open_now, full = state.load, rules.at_capacity(state)
     return {
         "account": account,
@@ -115,7 +114,7 @@ def show_number(client: Any, account: str, number: str) -> dict[str, Any] | None
             "online_only": state.online_only,
             "capacity": config.capacity,
             "owner_online_only": config.owner_online_only,
-            "presence_ttl_s": account_config.presence_ttl_s,
+            "presence_ttl_s": state.presence_ttl_ms // 1000,
             "admin": config.admin,
             "effective_admin": state.admin,
         },
