@@ -40,9 +40,16 @@
     KEYS[5]  decisions, this time bucket      hash  rota:{A}:dedup:B     FIELD -> record
     KEYS[6]  decisions, previous time bucket  hash  rota:{A}:dedup:B-1
     KEYS[7]  event sequence    string  rota:{A}:events          numbers published events
-    then for each number j = 1..N, eleven keys from KEYS[8 + 11 * (j - 1)]:
+    KEYS[8]  timers            zset    rota:{A}:timers          NUMBER:CUSTOMER -> deadline ms
+                                                                (reply or queue wait); NUMBER ->
+                                                                0 while its queue is not empty
+    KEYS[9]  outbox            stream  rota:{A}:outbox          conversation events, until the
+                                                                worker has published them
+    then for each number j = 1..N, fourteen keys from KEYS[10 + 14 * (j - 1)]:
       +0 settings  hash    rota:{A}:number:N           assign_unknown, online_only, admin,
-                                                       capacity, owner_online_only
+                                                       capacity, owner_online_only,
+                                                       when_nobody, queue_max_wait_s,
+                                                       reply_timeout_s
       +1 members   list    rota:{A}:number:N:members
       +2 access    set     rota:{A}:number:N:access
       +3 cursor    string  rota:{A}:number:N:cursor
@@ -53,18 +60,27 @@
       +8 open      hash    rota:{A}:number:N:open      customer -> user holding it open
       +9 load      hash    rota:{A}:number:N:load      user -> open conversations held
       +10 replied  hash    rota:{A}:number:N:replied   customer -> 1 once its holder replied
-    then the group lists, one per name in ARGV[5..4+G], same order
+      +11 queue    list    rota:{A}:number:N:queue     customers waiting, oldest first
+      +12 queued   hash    rota:{A}:number:N:queued    customer -> unix ms it was queued
+      +13 tried    hash    rota:{A}:number:N:tried     customer -> users (comma-separated) who
+                                                       held the open conversation, once more
+                                                       than its first user did
+    then the group lists, one per name in ARGV, same order
 
-    ARGV[1]  now, unix milliseconds (each decision's `at`)
+    ARGV[1]  now, unix milliseconds (each decision's `at`, what timers are due by)
     ARGV[2]  unix milliseconds at which KEYS[5] may expire
-    ARGV[3]  N, the numbers
-    ARGV[4]  G, the group names
-    ARGV[5..4+G]  group names whose lists follow the numbers' keys
-    ARGV[5+G..]   the entries, in stream order, seven arguments each:
-      kind      message, heartbeat, replied, closed or transfer
+    ARGV[3]  the account's name (in the events)
+    ARGV[4]  N, the numbers
+    ARGV[5]  G, the group names
+    ARGV[6..5+N]        the numbers, in the order of their keys
+    ARGV[6+N..5+N+G]    group names whose lists follow the numbers' keys
+    ARGV[6+N+G..]       the entries, in stream order, seven arguments each:
+      kind      message, heartbeat, replied, closed, transfer; or the sweep's timer (the
+                customer's timer, if due) or queue (the number's queue served)
       number    j of the entry's number (0 for a heartbeat)
-      customer  the customer ("" for a heartbeat)
-      field     the de-duplication field (the worker's: NUMBER:MESSAGE_ID for a message)
+      customer  the customer ("" for a heartbeat and queue)
+      field     the de-duplication field (the worker's: NUMBER:MESSAGE_ID for a message; ""
+                for timer and queue, which are never remembered)
       user      the activity's user ("" for a message and closed)
       earlier   the position in this call of the last entry before it of the same number and
                 customer, 0 for none
@@ -73,18 +89,31 @@
   A decision is remembered in KEYS[5] as a JSON array, [user, reason, at] or, for a transfer,
   [user, "transfer", at, previous, event]; at and event are strings.
 
-  Output: six strings per entry, in the order given (a flat array, 6 x the entries):
+  The queue (when_nobody = queue) is served first come, first served by rule 3 before a
+  message of its number is decided, after every closed, transfer, replied, timer and queue
+  entry of its number, and after a heartbeat (with a presence TTL) for every number of the
+  call; with when_nobody no longer queue, what rule 3 cannot serve goes to the admin. Each
+  conversation given to a user without a message is an event: XADDed to the outbox in the
+  same call and returned, with the event sequence's next number.
+
+  Output: a flat array: six strings per entry, in the order given, then nine per event, then
+  one string:
     user, reason, at, new, previous, event
                            the decision. reason is a message's rule (owner, unknown_disabled,
-                           round_robin, admin_fallback, no_admin; user "" for the second and
-                           last) or the activity's kind (heartbeat, replied, closed: user "",
-                           nothing to publish; transfer: the user, with the previous holder
-                           and the event's sequence number). new is "1" when this call
-                           decided, "0" when the entry had been decided before and this is
-                           that decision again.
+                           round_robin, admin_fallback, no_admin, queued; user "" for the
+                           second, the fifth and queued) or the entry's kind (heartbeat,
+                           replied, closed, timer, queue: user "", nothing to publish;
+                           transfer: the user, with the previous holder and the event's
+                           sequence number). new is "1" when this call decided, "0" when the
+                           entry had been decided before and this is that decision again.
     "!unknown_number", "", "", "", "", ""    the entry's number has no settings
     "!invalid_data", DETAIL, "", "", "", ""  a key of the wrong type or a value the script
                                              cannot use, named in DETAIL
+    position, outbox id, number, customer, user, reason, previous, event, waited
+                           an event, after the entry at `position` (1-based) in the order they
+                           happened: reason round_robin or admin_fallback (from the queue,
+                           waited = ms it waited), reply_timeout or admin_fallback (a timer)
+    timed                  "1" when the account has timers or an outbox left, else "0"
   or, for the whole call, an array holding one array:
     {{"!groups", NAME...}}  compiling needs groups missing from KEYS; call again with these
                             (every group a number's members and access name); nothing written
@@ -93,12 +122,13 @@ local rcall = redis.call
 
 local presenceKey, heardKey, accountKey, versionKey = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local dedupKey, dedupPrevKey, eventsKey = KEYS[5], KEYS[6], KEYS[7]
-local FIRST_NUMBER_KEY, NUMBER_KEYS = 8, 11
+local timersKey, outboxKey = KEYS[8], KEYS[9]
+local FIRST_NUMBER_KEY, NUMBER_KEYS = 10, 14
 
-local now, dedupExpireAt = ARGV[1], ARGV[2]
-local numberCount, groupCount = tonumber(ARGV[3]), tonumber(ARGV[4])
+local now, dedupExpireAt, accountName = ARGV[1], ARGV[2], ARGV[3]
+local numberCount, groupCount = tonumber(ARGV[4]), tonumber(ARGV[5])
 
-local FIRST_GROUP_ARG, ENTRY_ARGS = 5, 7
+local FIRST_NUMBER_ARG, ENTRY_ARGS = 6, 7
 local AVAILABLE = 'available'
 -- A presence value longer than this is no status (worker/presence.py has the same figure):
 -- it counts as unavailable and is never read, so a huge value costs nothing.
@@ -109,18 +139,20 @@ local FULL_AFTER = 64 -- a walk this long reads all of L once (see the header)
 local BATCH = 1000 -- elements per variadic call, well under Lua's stack limit
 local REASONS = {
   owner = true, unknown_disabled = true, round_robin = true, admin_fallback = true,
-  no_admin = true, heartbeat = true, replied = true, closed = true, transfer = true,
+  no_admin = true, queued = true, heartbeat = true, replied = true, closed = true,
+  transfer = true,
 }
 
 if not string.match(now, '^%d+$') or not string.match(dedupExpireAt, '^%d+$')
     or not numberCount or not groupCount then
-  return redis.error_reply('ARGV[1..4] must be unix milliseconds, unix milliseconds, counts')
+  return redis.error_reply('ARGV[1..5] must be unix ms, unix ms, an account, two counts')
 end
 local nowMs = tonumber(now)
+local FIRST_GROUP_ARG = FIRST_NUMBER_ARG + numberCount
 local firstEntryArg = FIRST_GROUP_ARG + groupCount
 local firstGroupKey = FIRST_NUMBER_KEY + NUMBER_KEYS * numberCount
 if (#ARGV - firstEntryArg + 1) % ENTRY_ARGS ~= 0 then
-  return redis.error_reply('the entries after ARGV[4+G] must come in sevens')
+  return redis.error_reply('the entries after ARGV[5+N+G] must come in sevens')
 end
 
 -- Ends what is being decided with "!invalid_data", through the pcall that runs it.
@@ -315,7 +347,9 @@ local function readNumber(j, positions, customers)
     settingsKey = KEYS[base], membersKey = KEYS[base + 1], accessKey = KEYS[base + 2],
     cursorKey = KEYS[base + 3], ownersKey = KEYS[base + 4], rotationKey = KEYS[base + 5],
     allowedKey = KEYS[base + 6], stampKey = KEYS[base + 7], openKey = KEYS[base + 8],
-    loadKey = KEYS[base + 9], repliedKey = KEYS[base + 10],
+    loadKey = KEYS[base + 9], repliedKey = KEYS[base + 10], queueKey = KEYS[base + 11],
+    queuedKey = KEYS[base + 12], triedKey = KEYS[base + 13],
+    name = ARGV[FIRST_NUMBER_ARG + j - 1], j = j,
   }
   local setting = hashOf(read(num.settingsKey, 'HGETALL'))
   if next(setting) == nil then
@@ -337,6 +371,14 @@ local function readNumber(j, positions, customers)
   num.assignUnknown = setting['assign_unknown'] ~= '0'
   num.ownerOnlineOnly = setting['owner_online_only'] == '1'
   num.capacity = count(num.settingsKey, setting['capacity'], 'capacity')
+  num.queueWhenNobody = setting['when_nobody'] == 'queue'
+  num.maxWaitMs = count(num.settingsKey, setting['queue_max_wait_s'], 'queue_max_wait_s') * 1000
+  num.replyMs = count(num.settingsKey, setting['reply_timeout_s'], 'reply_timeout_s') * 1000
+  local waiting = read(num.queueKey, 'LLEN')
+  -- The queue as the call leaves it: the Redis list's first `before` customers (read CHUNK
+  -- at a time), then those queued in this call; served ones are popped from the head.
+  num.queue = {before = waiting, items = {}, count = waiting, head = 1, live = waiting,
+    poppedBefore = 0, removedBefore = {}, removedLater = {}, changed = false}
   num.places = num.rebuilt and num.rebuilt.rotation or {} -- L by place + 1, as far as read
   num.chunk = math.min(CHUNK, #positions)
   num.load, num.loadDelta, num.mayUse = {}, {}, {}
@@ -344,12 +386,15 @@ local function readNumber(j, positions, customers)
   num.step = 0
   local owners = readMany(num.ownersKey, 'HMGET', customers)
   local holders = readMany(num.openKey, 'HMGET', customers)
-  num.ownerBefore, num.holderBefore = {}, {}
+  local queued = waiting > 0 and readMany(num.queuedKey, 'HMGET', customers) or {}
+  num.ownerBefore, num.holderBefore, num.queuedBefore = {}, {}, {}
   for k, position in ipairs(positions) do
     local owner, holder = owners[k], holders[k]
     num.ownerBefore[position] = (owner and owner ~= '') and owner or false
     num.holderBefore[position] = (holder and holder ~= '') and holder or false
+    num.queuedBefore[position] = queued[k] and count(num.queuedKey, queued[k], 'queued at') or false
   end
+  num.positions, num.customers = positions, customers
   acc.numbers[#acc.numbers + 1] = num
   return num
 end
@@ -509,8 +554,8 @@ local function refresh(num, user)
 end
 
 -- Rule 3: the cursor's move to just past the first eligible user of L, and that user; nil when
--- nobody is eligible.
-local function roundRobin(num)
+-- nobody is eligible. Users in `skip` (a set; a reply timeout's) count as not eligible.
+local function roundRobin(num, skip)
   local n = num.n
   if n == 0 then
     return nil
@@ -526,7 +571,7 @@ local function roundRobin(num)
         readPlaces(num, place, math.min(place + num.chunk, n) - 1)
         user = places[place + 1]
       end
-      if eligible(num, user) then
+      if eligible(num, user) and not (skip and skip[user]) then
         return i + 1, user
       end
     end
@@ -536,11 +581,15 @@ local function roundRobin(num)
     num.eligible = eligiblePlaces(num)
   end
   local list = num.eligible
-  if #list == 0 then
-    return nil
+  local first = search(list, start)
+  for k = 0, #list - 1 do
+    local place = list[(first - 1 + k) % #list + 1]
+    local user = num.places[place + 1]
+    if not (skip and skip[user]) then
+      return (place - start) % n + 1, user
+    end
   end
-  local place = list[search(list, start)] or list[1]
-  return (place - start) % n + 1, num.places[place + 1]
+  return nil
 end
 
 -- Rule 1's owner when the owner may still take the customer, else nil.
@@ -570,7 +619,11 @@ local function ownerRule(num, owner, holder)
 end
 
 -- Rules 1-5 for a message: user, reason, the cursor's move, whether the user becomes owner.
-local function decideMessage(num, owner, holder)
+-- A queued customer stays queued; with when_nobody = queue, rule 4 queues (reason queued).
+local function decideMessage(num, owner, holder, queued)
+  if queued then
+    return '', 'queued', 0, false
+  end
   local kept = ownerRule(num, owner, holder)
   if kept then
     return kept, 'owner', 0, false
@@ -581,6 +634,9 @@ local function decideMessage(num, owner, holder)
   local step, user = roundRobin(num)
   if step then
     return user, 'round_robin', step, true
+  end
+  if num.queueWhenNobody then
+    return '', 'queued', 0, false
   end
   local fallback = adminOf(num)
   if fallback then
@@ -657,9 +713,53 @@ local function attempt(step, ...)
   error(result, 0)
 end
 
-local KINDS = {message = true, heartbeat = true, replied = true, closed = true, transfer = true}
+local KINDS = {
+  message = true, heartbeat = true, replied = true, closed = true, transfer = true,
+  timer = true, queue = true,
+}
+local SWEEP = {timer = true, queue = true} -- the sweep's entries: never remembered
 
--- The first half: every entry's reply, and what the second half writes.
+-- The i-th customer of the number's queue, the list read CHUNK at a time as needed.
+local function queueItem(num, i)
+  local q = num.queue
+  if i <= q.before and q.items[i] == nil then
+    local part = read(num.queueKey, 'LRANGE', i - 1, i + CHUNK - 2)
+    for k, customer in ipairs(part) do
+      q.items[i - 1 + k] = customer
+    end
+  end
+  return q.items[i]
+end
+
+-- The first customer still waiting, or nil.
+local function queueHead(num)
+  local q = num.queue
+  while q.head <= q.count do
+    local customer = queueItem(num, q.head)
+    local gone
+    if q.head <= q.before then
+      gone = q.removedBefore[customer]
+    else
+      gone = q.removedLater[q.head]
+    end
+    if customer and not gone then
+      return customer
+    end
+    q.head = q.head + 1
+  end
+  return nil
+end
+
+-- A key the second half writes with `command` checked for its type once (a read before).
+local checked = {}
+local function writable(key, command)
+  if not checked[key] then
+    read(key, command)
+    checked[key] = true
+  end
+end
+
+-- The first half: every entry's reply, the events, and what the second half writes.
 local function plan()
   local kinds, numberOf, customers, fields, users, root, sent = {}, {}, {}, {}, {}, {}, {}
   local entries = 0
@@ -679,8 +779,10 @@ local function plan()
     if j > 0 then
       positionsOf[j] = positionsOf[j] or {}
       customersOf[j] = customersOf[j] or {}
-      local k = #positionsOf[j] + 1
-      positionsOf[j][k], customersOf[j][k] = entries, ARGV[i + 2]
+      if kind ~= 'queue' then
+        local k = #positionsOf[j] + 1
+        positionsOf[j][k], customersOf[j][k] = entries, ARGV[i + 2]
+      end
     end
   end
 
@@ -694,7 +796,7 @@ local function plan()
     reply(i, failure[1], failure[2] or '', '', '', '', '')
   end
 
-  local writes = {records = {}, written = 0, events = 0}
+  local writes = {records = {}, written = 0, events = 0, changes = 0, moves = {}}
   local records, failure = attempt(readMany, dedupKey, 'HMGET', fields)
   local previous
   if records then
@@ -708,9 +810,12 @@ local function plan()
   end
 
   local numbers, numberFailures = {}, {}
-  -- A customer's conversation as the call leaves it so far, at its root's position.
-  local owner, holder, replied, touched = {}, {}, {}, {}
+  -- A customer's conversation as the call leaves it so far, at its root's position (the
+  -- queue's customers without an entry get positions after the entries').
+  local roots = entries
+  local owner, holder, replied, queuedAt, deadline, tried, touched = {}, {}, {}, {}, {}, {}, {}
   local ownerChanged, holderChanged, repliedChanged = {}, {}, {}
+  local queuedChanged, deadlineChanged, triedChanged = {}, {}, {}
   local eventBase
   local encoded = {} -- reason -> user -> the record, encoded once per call
   local current -- the entry being decided, for the failure it may raise
@@ -728,64 +833,336 @@ local function plan()
     return numbers[j]
   end
 
+  -- The root's state from what was read before the call, on its first use.
+  local function init(num, r)
+    if not touched[r] then
+      touched[r] = true
+      owner[r], holder[r] = num.ownerBefore[r], num.holderBefore[r]
+      queuedAt[r] = num.queuedBefore[r]
+    end
+  end
+
+  -- The root of a queued customer: its entry's, or a new one read now.
+  local function rootFor(num, customer)
+    if not num.rootOf then
+      num.rootOf = {}
+      for k, position in ipairs(num.positions) do
+        num.rootOf[num.customers[k]] = root[position]
+      end
+    end
+    local r = num.rootOf[customer]
+    if r then
+      init(num, r)
+      return r
+    end
+    roots = roots + 1
+    r = roots
+    customers[r], numberOf[r], root[r], touched[r] = customer, num.j, r, true
+    num.rootOf[customer] = r
+    local ownerNow = read(num.ownersKey, 'HGET', customer)
+    local holderNow = read(num.openKey, 'HGET', customer)
+    owner[r] = (ownerNow and ownerNow ~= '') and ownerNow or false
+    holder[r] = (holderNow and holderNow ~= '') and holderNow or false
+    local since = read(num.queuedKey, 'HGET', customer)
+    queuedAt[r] = since and count(num.queuedKey, since, 'queued at') or false
+    return r
+  end
+
+  local function memberOf(num, r)
+    return num.name .. ':' .. customers[r]
+  end
+
+  local function deadlineOf(num, r)
+    if deadline[r] == nil then
+      local score = read(timersKey, 'ZSCORE', memberOf(num, r))
+      deadline[r] = score and tonumber(score) or false
+    end
+    return deadline[r]
+  end
+
+  local function setDeadline(r, at)
+    writable(timersKey, 'ZCARD')
+    deadline[r], deadlineChanged[r] = at, true
+    writes.changes = writes.changes + 1
+  end
+
+  local function repliedOf(num, r)
+    if replied[r] == nil then
+      replied[r] = read(num.repliedKey, 'HEXISTS', customers[r]) == 1
+    end
+    return replied[r]
+  end
+
+  local function triedOf(num, r)
+    if tried[r] == nil then
+      local list = read(num.triedKey, 'HGET', customers[r])
+      tried[r] = false
+      if list then
+        tried[r] = {}
+        for user in string.gmatch(list, '[^,]+') do
+          tried[r][#tried[r] + 1] = user
+        end
+      end
+    end
+    return tried[r]
+  end
+
+  local function setTried(num, r, list)
+    writable(num.triedKey, 'HLEN')
+    tried[r], triedChanged[r] = list, true
+  end
+
+  -- The list with the user added, unless in it.
+  local function with(list, user)
+    local copy = {}
+    for k, held in ipairs(list) do
+      if held == user then
+        return list
+      end
+      copy[k] = held
+    end
+    copy[#copy + 1] = user
+    return copy
+  end
+
+  local function nextEvent()
+    if not eventBase then
+      eventBase = count(eventsKey, read(eventsKey, 'GET'), 'the event sequence')
+    end
+    writes.events = writes.events + 1
+    return tostring(eventBase + writes.events)
+  end
+
+  -- The conversation given to `user` by a rule, not a transfer: tried starts again, and the
+  -- reply timer runs for round_robin and owner. `was` held it before (false: nobody).
+  local function opened(num, r, reason, was)
+    tried[r] = false
+    if was then
+      setTried(num, r, false)
+    end
+    if num.replyMs > 0 and (reason == 'round_robin' or reason == 'owner') then
+      setDeadline(r, nowMs + num.replyMs)
+    elseif was then
+      setDeadline(r, false)
+    end
+  end
+
+  -- The conversation given to `user` without a message: an event after entry `position`.
+  local function give(num, r, user, reason, step, position, waited)
+    local was = holder[r]
+    hold(num, was, user)
+    if step > 0 then
+      num.cursor, num.step = num.cursor + step, num.step + step
+    end
+    if owner[r] ~= user then
+      owner[r], ownerChanged[r] = user, true
+    end
+    holder[r], holderChanged[r] = user, true
+    writable(outboxKey, 'XLEN')
+    local moves = writes.moves
+    moves[#moves + 1] = {position, num.name, customers[r], user, reason, was or '', nextEvent(),
+      waited or ''}
+    writes.changes = writes.changes + 1
+    return was
+  end
+
+  local function enqueue(num, r)
+    writable(num.queuedKey, 'HLEN')
+    queuedAt[r], queuedChanged[r] = nowMs, true
+    local q = num.queue
+    q.count, q.live, q.changed = q.count + 1, q.live + 1, true
+    q.items[q.count] = customers[r]
+    q.laterIndex = q.laterIndex or {}
+    q.laterIndex[customers[r]] = q.count
+    if num.maxWaitMs > 0 then
+      setDeadline(r, nowMs + num.maxWaitMs)
+    end
+    writes.changes = writes.changes + 1
+  end
+
+  -- The customer leaves the queue: served from its head (`served`), or taken out of it.
+  local function unqueue(num, r, served)
+    local q, customer = num.queue, customers[r]
+    local later = q.laterIndex and q.laterIndex[customer]
+    if served then
+      if q.head <= q.before then
+        q.poppedBefore = q.poppedBefore + 1
+      end
+      q.head = q.head + 1
+    elseif later then
+      q.removedLater[later] = true
+    else
+      q.removedBefore[customer] = true
+      q.removedList = q.removedList or {}
+      q.removedList[#q.removedList + 1] = customer
+    end
+    if later then
+      q.laterIndex[customer] = nil
+    end
+    q.live, q.changed = q.live - 1, true
+    local since = queuedAt[r]
+    queuedAt[r], queuedChanged[r] = false, true
+    setDeadline(r, false)
+    return since and tostring(nowMs - since) or ''
+  end
+
+  -- Waiting conversations, oldest first, to users by rule 3 while anyone is eligible; with
+  -- when_nobody no longer queue, the rest to the admin.
+  local function serveQueue(num, position)
+    while num.queue.live > 0 do
+      local customer = queueHead(num)
+      if not customer then
+        return
+      end
+      local step, user = roundRobin(num)
+      local admin = not step and not num.queueWhenNobody and adminOf(num)
+      if not step and not admin then
+        return
+      end
+      local r = rootFor(num, customer)
+      local waited = unqueue(num, r, true)
+      local reason = step and 'round_robin' or 'admin_fallback'
+      local was = give(num, r, user or admin, reason, step or 0, position, waited)
+      opened(num, r, reason, was)
+    end
+  end
+
+  -- To the next eligible user by rule 3 who has not held it since it opened, with a new
+  -- timer; when nobody is left, to the admin, without one; with no admin, it stays.
+  local function replyTimeout(num, r, position)
+    local was = holder[r]
+    local list = triedOf(num, r) or {was}
+    local skip = {}
+    for _, user in ipairs(list) do
+      skip[user] = true
+    end
+    local step, user = roundRobin(num, skip)
+    local reason = 'reply_timeout'
+    if not step then
+      local admin = adminOf(num)
+      if not admin or admin == was then
+        return
+      end
+      step, user, reason = 0, admin, 'admin_fallback'
+    end
+    give(num, r, user, reason, step, position, '')
+    if reason == 'reply_timeout' then
+      setDeadline(r, nowMs + num.replyMs)
+    end
+    setTried(num, r, with(list, user))
+  end
+
+  local function timerDue(num, r, position)
+    local due = deadlineOf(num, r)
+    if not due or due > nowMs then
+      return
+    end
+    setDeadline(r, false)
+    if queuedAt[r] then
+      local admin = adminOf(num)
+      if admin then
+        local waited = unqueue(num, r, false)
+        local was = give(num, r, admin, 'admin_fallback', 0, position, waited)
+        opened(num, r, 'admin_fallback', was)
+      end
+    elseif holder[r] and not repliedOf(num, r) then
+      replyTimeout(num, r, position)
+    end
+  end
+
   -- The entry decided: user, reason, previous holder, event; its changes noted at its root.
   local function decideEntry(i)
     local kind, user = kinds[i], users[i]
     if kind == 'heartbeat' then
       heardFrom(user, sent[i])
+      if accountState().ttlMs > 0 then
+        for j = 1, numberCount do
+          local num = attempt(numberFor, j) -- a number that fails is its entries' failure
+          if num then
+            serveQueue(num, i)
+          end
+        end
+      end
       return '', 'heartbeat', '', ''
     end
     local num, r = numberFor(numberOf[i]), root[i]
-    if not touched[r] then
-      owner[r], holder[r] = num.ownerBefore[r], num.holderBefore[r]
+    if kind == 'queue' then
+      serveQueue(num, i)
+      return '', 'queue', '', ''
     end
-    local ownerNow, holderNow = owner[r], holder[r]
+    init(num, r)
     if kind == 'message' then
-      local chosen, reason, step, owns = decideMessage(num, ownerNow, holderNow)
-      if chosen ~= '' then
-        hold(num, holderNow, chosen)
+      if num.queue.live > 0 then
+        serveQueue(num, i - 1)
       end
-      touched[r] = true
+      local holderNow = holder[r]
+      local chosen, reason, step, owns = decideMessage(num, owner[r], holderNow, queuedAt[r])
+      if reason == 'queued' then
+        if not queuedAt[r] then
+          enqueue(num, r)
+        end
+        return '', 'queued', '', ''
+      end
       if step > 0 then
         num.cursor, num.step = num.cursor + step, num.step + step
       end
-      if owns and chosen ~= ownerNow then
+      if owns and chosen ~= owner[r] then
         owner[r], ownerChanged[r] = chosen, true
       end
       if chosen ~= '' and chosen ~= holderNow then
+        hold(num, holderNow, chosen)
         holder[r], holderChanged[r] = chosen, true
+        opened(num, r, reason, holderNow)
       end
       return chosen, reason, '', ''
+    elseif kind == 'timer' then
+      timerDue(num, r, i)
+      serveQueue(num, i)
+      return '', 'timer', '', ''
     elseif kind == 'transfer' then
-      if not eventBase then
-        eventBase = count(eventsKey, read(eventsKey, 'GET'), 'the event sequence')
+      local was = holder[r]
+      if queuedAt[r] then
+        unqueue(num, r, false)
       end
-      hold(num, holderNow, user)
-      touched[r] = true
-      if user ~= ownerNow then
+      local event = nextEvent()
+      hold(num, was, user)
+      if user ~= owner[r] then
         owner[r], ownerChanged[r] = user, true
       end
-      if user ~= holderNow then
+      if user ~= was then
         holder[r], holderChanged[r] = user, true
       end
+      if was then
+        setTried(num, r, with(triedOf(num, r) or {was}, user))
+      else
+        tried[r] = false
+      end
       replied[r], repliedChanged[r] = false, true
-      writes.events = writes.events + 1
-      return user, 'transfer', holderNow or '', tostring(eventBase + writes.events)
+      setDeadline(r, false)
+      serveQueue(num, i)
+      return user, 'transfer', was or '', event
     elseif kind == 'closed' then
-      if holderNow then
-        hold(num, holderNow, false)
+      if queuedAt[r] then
+        unqueue(num, r, false)
+      end
+      if holder[r] then
+        hold(num, holder[r], false)
         holder[r], holderChanged[r] = false, true
         replied[r], repliedChanged[r] = false, true
+        setDeadline(r, false)
+        setTried(num, r, false)
       end
-      touched[r] = true
+      serveQueue(num, i)
       return '', 'closed', '', ''
     end
-    -- replied: the holder's reply marks the conversation; any reply is a heartbeat.
+    -- replied: the holder's reply marks the conversation and stops its timer; any reply is
+    -- a heartbeat.
     heardFrom(user, sent[i])
-    touched[r] = true
-    if holderNow == user then
+    if holder[r] == user then
       replied[r], repliedChanged[r] = true, true
+      setDeadline(r, false)
     end
+    serveQueue(num, i)
     return '', 'replied', '', ''
   end
 
@@ -798,7 +1175,10 @@ local function plan()
       if not record then
         record, recordKey = previous[i], dedupPrevKey
       end
-      if record then
+      if SWEEP[kinds[i]] then
+        local _, reason = decideEntry(i)
+        reply(i, '', reason, now, '1', '', '')
+      elseif record then
         -- Decided before: its first decision again, and nothing of its customer changes.
         local user, reason, at, before, event = remembered(recordKey, record, field)
         reply(i, user, reason, at, '0', before, event)
@@ -835,12 +1215,26 @@ local function plan()
     refused(current, raised.reply)
     first = current + 1
   end
-  writes.numbers, writes.entries, writes.customers, writes.numberOf = numbers, entries, customers, numberOf
-  writes.root, writes.touched, writes.owner, writes.holder, writes.replied =
-    root, touched, owner, holder, replied
-  writes.ownerChanged, writes.holderChanged, writes.repliedChanged =
-    ownerChanged, holderChanged, repliedChanged
+  writes.numbers, writes.roots, writes.customers, writes.numberOf = numbers, roots, customers, numberOf
+  writes.root, writes.touched = root, touched
+  writes.state = {owner = owner, holder = holder, replied = replied, queuedAt = queuedAt,
+    deadline = deadline, tried = tried}
+  writes.changed = {owner = ownerChanged, holder = holderChanged, replied = repliedChanged,
+    queuedAt = queuedChanged, deadline = deadlineChanged, tried = triedChanged}
   return replies, writes
+end
+
+-- The reply's events and its last string (see the header), after the entries' replies.
+local function finish(replies, moves, ids)
+  for k, move in ipairs(moves) do
+    local at = #replies
+    replies[at + 1], replies[at + 2] = tostring(move[1]), ids[k] or ''
+    for m = 2, 8 do
+      replies[at + 1 + m] = move[m]
+    end
+  end
+  replies[#replies + 1] = rcall('EXISTS', timersKey, outboxKey) > 0 and '1' or '0'
+  return replies
 end
 
 local ok, replies, writes = pcall(plan)
@@ -856,45 +1250,83 @@ end
 
 -- The second half: writes only, each on a key the first half found of the right type; nothing
 -- when nothing was decided (the compiled L too: an entry refused writes nothing).
-if writes.written == 0 then
-  return replies
+if writes.written == 0 and writes.changes == 0 then
+  return finish(replies, writes.moves, {})
 end
 local function store(command, key, values)
   for i = 1, #values, BATCH do
     rcall(command, key, unpack(values, i, math.min(i + BATCH - 1, #values)))
   end
 end
--- What the call leaves of each conversation it changed, held at its root entry.
+-- What the call leaves of each conversation it changed, held at its root.
+local state, changed = writes.state, writes.changed
+local timerWrites, timerDeletes = {}, {}
 local changes = {}
-for r = 1, writes.entries do
+for r = 1, writes.roots do
   local j = writes.numberOf[r]
   if j > 0 and writes.root[r] == r and writes.touched[r] then
     local change = changes[j]
     if not change then
-      change = {owners = {}, open = {}, closed = {}, replied = {}, unreplied = {}}
+      change = {owners = {}, open = {}, closed = {}, replied = {}, unreplied = {}, queued = {},
+        unqueued = {}, tried = {}, untried = {}}
       changes[j] = change
     end
     local customer = writes.customers[r]
-    if writes.ownerChanged[r] then
-      local list = change.owners
-      list[#list + 1], list[#list + 2] = customer, writes.owner[r]
-    end
-    if writes.holderChanged[r] then
-      if writes.holder[r] then
-        local list = change.open
-        list[#list + 1], list[#list + 2] = customer, writes.holder[r]
+    -- A hash's pairs or its fields to delete: value false deletes, true writes '1'.
+    local function note(set, unset, value)
+      if value then
+        set[#set + 1], set[#set + 2] = customer, value == true and '1' or value
       else
-        change.closed[#change.closed + 1] = customer
+        unset[#unset + 1] = customer
       end
     end
-    if writes.repliedChanged[r] then
-      if writes.replied[r] then
-        local list = change.replied
-        list[#list + 1], list[#list + 2] = customer, '1'
+    if changed.owner[r] then
+      note(change.owners, nil, state.owner[r])
+    end
+    if changed.holder[r] then
+      note(change.open, change.closed, state.holder[r])
+    end
+    if changed.replied[r] then
+      note(change.replied, change.unreplied, state.replied[r])
+    end
+    if changed.queuedAt[r] then
+      note(change.queued, change.unqueued, state.queuedAt[r] and tostring(state.queuedAt[r]))
+    end
+    if changed.tried[r] then
+      note(change.tried, change.untried, state.tried[r] and table.concat(state.tried[r], ','))
+    end
+    if changed.deadline[r] then
+      local member = writes.numbers[j].name .. ':' .. customer
+      if state.deadline[r] then
+        timerWrites[#timerWrites + 1], timerWrites[#timerWrites + 2] = state.deadline[r], member
       else
-        change.unreplied[#change.unreplied + 1] = customer
+        timerDeletes[#timerDeletes + 1] = member
       end
     end
+  end
+end
+local function writeQueue(num)
+  local q = num.queue
+  if not q.changed then
+    return
+  end
+  for _, customer in ipairs(q.removedList or {}) do
+    rcall('LREM', num.queueKey, 1, customer)
+  end
+  if q.poppedBefore > 0 then
+    rcall('LPOP', num.queueKey, q.poppedBefore)
+  end
+  local pushed = {}
+  for i = math.max(q.head, q.before + 1), q.count do
+    if not q.removedLater[i] then
+      pushed[#pushed + 1] = q.items[i]
+    end
+  end
+  store('RPUSH', num.queueKey, pushed)
+  if q.live > 0 then
+    timerWrites[#timerWrites + 1], timerWrites[#timerWrites + 2] = 0, num.name
+  elseif q.before > 0 then
+    timerDeletes[#timerDeletes + 1] = num.name
   end
 end
 for j, num in pairs(writes.numbers) do
@@ -916,13 +1348,20 @@ for j, num in pairs(writes.numbers) do
     store('HDEL', num.openKey, change.closed)
     store('HSET', num.repliedKey, change.replied)
     store('HDEL', num.repliedKey, change.unreplied)
+    store('HSET', num.queuedKey, change.queued)
+    store('HDEL', num.queuedKey, change.unqueued)
+    store('HSET', num.triedKey, change.tried)
+    store('HDEL', num.triedKey, change.untried)
   end
   for user, delta in pairs(num.loadDelta) do
     if delta ~= 0 then
       rcall('HINCRBY', num.loadKey, user, delta)
     end
   end
+  writeQueue(num)
 end
+store('ZREM', timersKey, timerDeletes)
+store('ZADD', timersKey, timerWrites)
 if account and #account.heardWrites > 0 then
   local pairs_ = {}
   for _, user in ipairs(account.heardWrites) do
@@ -934,6 +1373,14 @@ end
 if writes.events > 0 then
   rcall('INCRBY', eventsKey, writes.events)
 end
+local ids = {}
+for k, move in ipairs(writes.moves) do
+  ids[k] = rcall('XADD', outboxKey, '*', 'account', accountName, 'number', move[2],
+    'customer', move[3], 'message_id', '', 'inbound_id', '', 'user', move[4], 'reason', move[5],
+    'at', now, 'previous', move[6], 'event_id', accountName .. ':' .. move[7])
+end
 store('HSET', dedupKey, writes.records)
-rcall('PEXPIREAT', dedupKey, dedupExpireAt)
-return replies
+if writes.written > 0 then
+  rcall('PEXPIREAT', dedupKey, dedupExpireAt)
+end
+return finish(replies, writes.moves, ids)

@@ -112,7 +112,7 @@ def test_every_key_of_a_decision_is_in_its_accounts_slot() -> None:
 
     [call] = assigner.calls([message], 1_700_000_000_000)
 
-    assert len(call.keys) == 7 + 11 + 2  # the account's, the number's, two groups
+    assert len(call.keys) == 9 + 14 + 2  # the account's, the number's, two groups
     assert {key_slot(key.encode()) for key in call.keys} == {key_slot(b"{acme}")}
 
 

@@ -415,7 +415,8 @@ def conversation_entry(
         rules.close(state, customer)
         return "", "closed", "", kind
     if kind == "transfer":
-        return entry[3], "transfer", rules.transfer(state, customer, entry[3]), kind
+        previous, _ = rules.transfer(state, customer, entry[3])
+        return entry[3], "transfer", previous, kind
     rules.replied(state, customer, entry[3], sent)
     return "", "replied", "", kind
 

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from redis.exceptions import NoScriptError, ResponseError
 
 from worker import keys, scripts
-from worker.messages import Message, Rejection
-from worker.record import REASONS
+from worker.messages import SWEEP, Message, Rejection
+from worker.record import REASONS, Record
 from worker.scripts import Scripts
 from worker.transport import Argument, Command, Transport
 
@@ -39,8 +39,50 @@ class Decision:
 
 Outcome = Decision | Rejection | Exception
 
-QUIET = ("heartbeat", "replied", "closed")
-_REASONS = {reason.encode(): reason for reason in (*REASONS, "transfer", *QUIET)}
+QUIET = ("heartbeat", "replied", "closed", *SWEEP)
+_REASONS = {reason.encode(): reason for reason in (*REASONS, *QUIET)}
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    """A conversation given to a user without a new message (from the queue, by a timer), as
+    decide.lua wrote it to the account's outbox."""
+
+    account: str
+    number: str
+    customer: str
+    user: str
+    reason: str  # round_robin, admin_fallback or reply_timeout
+    at: int
+    previous: str
+    event_id: str
+    outbox_id: str
+    after: int  # the batch position after whose decision it is published; -1: before all
+    waited_ms: int | None = None  # how long it had waited in the queue
+
+    def record(self) -> Record:
+        return Record(
+            self.account,
+            self.number,
+            self.customer,
+            "",
+            "",
+            self.user,
+            self.reason,
+            self.at,
+            self.previous,
+            self.event_id,
+        )
+
+
+@dataclass(slots=True)
+class Decided:
+    """A batch's outcomes, in the order given; the moves, in the order they happened; and the
+    accounts left with timers or an outbox (for the sweeps)."""
+
+    outcomes: list[Outcome]
+    moves: list[Move] = field(default_factory=list)
+    timed: set[str] = field(default_factory=set)
 _NEW = {b"1": True, b"0": False}
 
 
@@ -72,7 +114,7 @@ def unexpected(reply: object) -> ResponseError:
 
 
 def account_keys(account: str, bucket: int) -> tuple[str, ...]:
-    """KEYS[1..7] of decide.lua for one account."""
+    """KEYS[1..9] of decide.lua for one account."""
     return (
         keys.presence(account),
         keys.heard(account),
@@ -81,11 +123,13 @@ def account_keys(account: str, bucket: int) -> tuple[str, ...]:
         keys.dedup(account, bucket),
         keys.dedup(account, bucket - 1),
         keys.event_sequence(account),
+        keys.timers(account),
+        keys.outbox(account),
     )
 
 
 def number_keys(account: str, number: str) -> tuple[str, ...]:
-    """The eleven KEYS of decide.lua for one number of the call."""
+    """The fourteen KEYS of decide.lua for one number of the call."""
     return (
         keys.number(account, number),
         keys.members(account, number),
@@ -98,10 +142,13 @@ def number_keys(account: str, number: str) -> tuple[str, ...]:
         keys.open_conversations(account, number),
         keys.open_counts(account, number),
         keys.replied(account, number),
+        keys.queue(account, number),
+        keys.queued(account, number),
+        keys.tried(account, number),
     )
 
 
-PER_ENTRY_REPLY = 6  # strings decide.lua answers per entry
+PER_ENTRY_REPLY, PER_MOVE_REPLY = 6, 9  # strings decide.lua answers per entry, per move
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +202,8 @@ class Assigner:
         repeats: list[tuple[int, int]] = []
         for i in positions:
             message = messages[i]
-            first = first_of.setdefault(message.dedup_field, i)
+            swept = message.kind in SWEEP
+            first = i if swept else first_of.setdefault(message.dedup_field, i)
             if first != i:
                 repeats.append((i, first))
                 continue
@@ -165,14 +213,15 @@ class Assigner:
             if message.number:
                 j = numbers.setdefault(message.number, len(numbers) + 1)
             conversation = (message.number, message.customer)
-            earlier = last.get(conversation, 0) if j else 0
-            if j:
+            earlier = 0
+            if j and message.customer:
+                earlier = last.get(conversation, 0)
                 last[conversation] = place
             entries += (
                 message.kind,
                 j,
                 message.customer,
-                message.dedup_field,
+                "" if swept else message.dedup_field,
                 message.user,
                 earlier,
                 sent_ms(message.inbound_id),
@@ -182,8 +231,8 @@ class Assigner:
             *(key for number in numbers for key in number_keys(account, number)),
             *(keys.group(account, name) for name in groups),
         )
-        head: list[Argument] = [now_ms, (bucket + 2) * self._window_ms, len(numbers)]
-        args = (*head, len(groups), *groups, *entries)
+        head: list[Argument] = [now_ms, (bucket + 2) * self._window_ms, account, len(numbers)]
+        args = (*head, len(groups), *numbers, *groups, *entries)
         return AccountCall(account, tuple(sent), script_keys, args, tuple(repeats))
 
     def command(self, call: AccountCall) -> Command:
@@ -192,12 +241,20 @@ class Assigner:
     def decide(
         self, transport: Transport, messages: Sequence[Message], now_ms: int
     ) -> list[Outcome]:
-        """Decisions in the order given; one round trip unless a retry is needed.
+        """Decisions in the order given (what ``decide_batch`` decides, without the rest)."""
+        return self.decide_batch(transport, messages, now_ms).outcomes
+
+    def decide_batch(
+        self, transport: Transport, messages: Sequence[Message], now_ms: int
+    ) -> Decided:
+        """Decisions in the order given, and the moves; one round trip unless a retry is
+        needed.
 
         EVALSHA is sent directly rather than through Script-in-pipeline, which would cost a
         SCRIPT EXISTS round trip per batch; NOSCRIPT replies are reloaded and redone here.
         """
         outcomes: list[Outcome | None] = [None] * len(messages)
+        done = Decided([])
         todo = self.calls(messages, now_ms)
         # Each number of a call may find groups missing in its turn.
         numbers = len({(m.account, m.number) for m in messages})
@@ -209,7 +266,7 @@ class Assigner:
                 self._script.sha = transport.script_load(scripts.text(self._script))
             again = []
             for call, reply in zip(todo, replies, strict=True):
-                decided = self._outcomes(call, messages, reply)
+                decided = self._outcomes(call, messages, reply, now_ms, done)
                 if decided is None:
                     every = sorted((*call.positions, *(i for i, _ in call.repeats)))
                     again.append(self._call(call.account, every, messages, now_ms))
@@ -221,16 +278,23 @@ class Assigner:
             todo = again
             if not todo:
                 break
-        return [
+        done.outcomes = [
             outcome if outcome is not None else ResponseError("groups changed during every try")
             for outcome in outcomes
         ]
+        return done
 
     def _outcomes(
-        self, call: AccountCall, messages: Sequence[Message], reply: object
+        self,
+        call: AccountCall,
+        messages: Sequence[Message],
+        reply: object,
+        now_ms: int,
+        done: Decided,
     ) -> list[Outcome] | None:
-        """Each entry's outcome, or None when the call must be made again. Nothing of the
-        reply is assumed: a shape the script never sends is a failed decision, not a crash."""
+        """Each entry's outcome (the moves and the timed flag into ``done``), or None when the
+        call must be made again. Nothing of the reply is assumed: a shape the script never
+        sends is a failed decision, not a crash."""
         if isinstance(reply, NoScriptError):
             return None
         count = len(call.positions)
@@ -244,11 +308,16 @@ class Assigner:
                 failed = self._more_groups(call.account, names)
                 return None if failed is None else [failed] * count
             return [unexpected(reply)] * count
-        if len(reply) != PER_ENTRY_REPLY * count:
+        entries_end = PER_ENTRY_REPLY * count
+        moves = _moves(call, reply[entries_end:-1], now_ms)
+        if len(reply) <= entries_end or moves is None or reply[-1] not in (b"0", b"1"):
             return [unexpected(reply)] * count
+        done.moves.extend(moves)
+        if reply[-1] == b"1":
+            done.timed.add(call.account)
         return [
             self._outcome(messages[i], reply[at : at + PER_ENTRY_REPLY])
-            for i, at in zip(call.positions, range(0, len(reply), PER_ENTRY_REPLY), strict=True)
+            for i, at in zip(call.positions, range(0, entries_end, PER_ENTRY_REPLY), strict=True)
         ]
 
     def _outcome(self, message: Message, reply: list[object]) -> Outcome:
@@ -273,6 +342,35 @@ class Assigner:
             return Rejection("invalid_data", "members or access name a group that is not UTF-8")
         self._groups[account] = tuple(dict.fromkeys((*self._groups.get(account, ()), *groups)))
         return None
+
+
+def _moves(call: AccountCall, reply: Sequence[object], now_ms: int) -> list[Move] | None:
+    """The moves of one call's reply (nine strings each), or None for any other shape."""
+    if len(reply) % PER_MOVE_REPLY or not all(type(part) is bytes for part in reply):
+        return None
+    moves = []
+    for at in range(0, len(reply), PER_MOVE_REPLY):
+        parts = [bytes(part).decode(errors="backslashreplace") for part in reply[at : at + 9]]
+        position, outbox_id, number, customer, user, reason, previous, event, waited = parts
+        if not (position.isdigit() and int(position) <= len(call.positions) and event.isdigit()):
+            return None
+        after = call.positions[int(position) - 1] if int(position) else -1
+        moves.append(
+            Move(
+                call.account,
+                number,
+                customer,
+                user,
+                reason,
+                now_ms,
+                previous,
+                f"{call.account}:{event}",
+                outbox_id,
+                after,
+                int(waited) if waited.isdigit() else None,
+            )
+        )
+    return moves
 
 
 def _again(outcome: Outcome | None) -> Outcome | None:

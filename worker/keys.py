@@ -68,6 +68,40 @@ def replied(account: str, number_: str) -> str:
     return f"{number(account, number_)}:replied"
 
 
+def queue(account: str, number_: str) -> str:
+    """The customers waiting for a user on the number (when_nobody = queue), oldest first."""
+    return f"{number(account, number_)}:queue"
+
+
+def queued(account: str, number_: str) -> str:
+    """customer -> unix ms it was queued, for each customer in the number's queue."""
+    return f"{number(account, number_)}:queued"
+
+
+def tried(account: str, number_: str) -> str:
+    """customer -> the users (comma-separated, in order) who held the open conversation since
+    it opened, once a second user held it (a reply timeout, a transfer)."""
+    return f"{number(account, number_)}:tried"
+
+
+def timers(account: str) -> str:
+    """``NUMBER:CUSTOMER`` -> unix ms the conversation's timer is due (its reply deadline, or
+    its queue wait's end); ``NUMBER`` -> 0 while the number's queue is not empty."""
+    return f"{account_prefix(account)}:timers"
+
+
+def outbox(account: str) -> str:
+    """Conversation events written by the same script as the change they tell of, until a
+    worker has copied them to the events stream."""
+    return f"{account_prefix(account)}:outbox"
+
+
+def swept_accounts() -> str:
+    """The accounts the workers' sweeps visit (those that ever had a timer or an event in
+    their outbox): not an account's key, so in a Cluster slot of its own."""
+    return f"{PREFIX}:swept"
+
+
 def event_sequence(account: str) -> str:
     """A counter that numbers the events published without a message (transfers...)."""
     return f"{account_prefix(account)}:events"

@@ -18,6 +18,9 @@ ACTIVITY: dict[str, tuple[str, ...]] = {
     "closed": ("number", "customer"),
     "transfer": ("number", "customer", "user"),
 }
+# The entries a worker's sweep decides (worker.sweep), never read from a stream: a
+# conversation's timer, and a number's queue.
+SWEEP = ("timer", "queue")
 
 
 @dataclass(frozen=True, slots=True)

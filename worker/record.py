@@ -11,7 +11,16 @@ if TYPE_CHECKING:
     from worker.assign import Decision
     from worker.messages import Message
 
-REASONS = ("owner", "unknown_disabled", "round_robin", "admin_fallback", "no_admin", "transfer")
+REASONS = (
+    "owner",
+    "unknown_disabled",
+    "round_robin",
+    "admin_fallback",
+    "no_admin",
+    "queued",
+    "transfer",
+    "reply_timeout",
+)
 FIELDS = ("account", "number", "customer", "message_id", "inbound_id", "user", "reason", "at")
 
 
