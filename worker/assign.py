@@ -83,6 +83,8 @@ class Decided:
     outcomes: list[Outcome]
     moves: list[Move] = field(default_factory=list)
     timed: set[str] = field(default_factory=set)
+
+
 _NEW = {b"1": True, b"0": False}
 
 
@@ -346,11 +348,12 @@ class Assigner:
 
 def _moves(call: AccountCall, reply: Sequence[object], now_ms: int) -> list[Move] | None:
     """The moves of one call's reply (nine strings each), or None for any other shape."""
-    if len(reply) % PER_MOVE_REPLY or not all(type(part) is bytes for part in reply):
+    texts = [part.decode(errors="backslashreplace") for part in reply if type(part) is bytes]
+    if len(reply) % PER_MOVE_REPLY or len(texts) != len(reply):
         return None
     moves = []
-    for at in range(0, len(reply), PER_MOVE_REPLY):
-        parts = [bytes(part).decode(errors="backslashreplace") for part in reply[at : at + 9]]
+    for at in range(0, len(texts), PER_MOVE_REPLY):
+        parts = texts[at : at + PER_MOVE_REPLY]
         position, outbox_id, number, customer, user, reason, previous, event, waited = parts
         if not (position.isdigit() and int(position) <= len(call.positions) and event.isdigit()):
             return None

@@ -11,7 +11,7 @@ import threading
 from bisect import bisect_left
 from collections import Counter as Tally
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -21,6 +21,9 @@ from redis.exceptions import RedisError
 from worker import backlog
 from worker.record import REASONS, Record
 from worker.settings import Settings
+
+if TYPE_CHECKING:
+    from worker.assign import Move
 
 CODES = (
     "missing_field",
@@ -32,6 +35,7 @@ CODES = (
     "vanished",
 )
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+WAIT_BUCKETS = (0.25, 1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600)
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
 
 
@@ -138,6 +142,12 @@ class Metrics:
             LATENCY_BUCKETS,
         )
         registry.register(self.latency)
+        self.queue_waits = BatchHistogram(
+            "rota_queue_wait_seconds",
+            "how long a conversation waited in the queue before it got a user",
+            WAIT_BUCKETS,
+        )
+        registry.register(self.queue_waits)
         for reason in REASONS:  # present at 0 from the start, so rates work from the first scrape
             self.decisions.labels(reason)
         for code in CODES:
@@ -159,10 +169,16 @@ class Metrics:
             self.decisions.labels(reason).inc(count)
         for code, count in Tally(_text(letter[b"error"]) for letter in dead).items():
             self.dead_letters.labels(code).inc(count)
-        if records:
-            self.latency.observe_many(
-                [max(now_ms - _entry_ms(record.inbound_id), 0) / 1000 for record in records]
-            )
+        # A move has no inbound entry: its latency is the sweep's, not a message's.
+        sent = [_entry_ms(record.inbound_id) for record in records if record.inbound_id]
+        if sent:
+            self.latency.observe_many([max(now_ms - at, 0) / 1000 for at in sent])
+
+    def moved(self, moves: Sequence[Move]) -> None:
+        """How long the conversations given from the queue had waited."""
+        waits = [move.waited_ms / 1000 for move in moves if move.waited_ms is not None]
+        if waits:
+            self.queue_waits.observe_many(waits)
 
     def serve(self, settings: Settings) -> Server | None:
         """The HTTP exposition server, started only when ROTA_METRICS_PORT is set."""

@@ -22,6 +22,7 @@ REASONS = (
     "reply_timeout",
 )
 FIELDS = ("account", "number", "customer", "message_id", "inbound_id", "user", "reason", "at")
+EVENT_FIELDS = ("previous", "event_id")  # a conversation event's, besides FIELDS
 
 
 class InvalidRecord(ValueError):
@@ -78,17 +79,31 @@ class Record:
     @classmethod
     def from_fields(cls, fields: Mapping[Any, Any]) -> Record:
         """From a stream entry read by a bytes or a decoding client, or a job's JSON object;
-        other fields (a conversation event's ``previous``, ``event_id``) are left out."""
+        a conversation event's ``previous`` and ``event_id`` too, other fields left out."""
         account, number, customer, message_id, inbound_id, user, reason, at = (
             _text(fields, name) for name in FIELDS
         )
         if not at.isascii() or not at.isdigit():
             raise InvalidRecord(f"at must be unix milliseconds, not {at[:20]!r}")
-        return cls(account, number, customer, message_id, inbound_id, user, reason, int(at))
+        previous, event_id = (_text(fields, name, "") for name in EVENT_FIELDS)
+        return cls(
+            account,
+            number,
+            customer,
+            message_id,
+            inbound_id,
+            user,
+            reason,
+            int(at),
+            previous,
+            event_id,
+        )
 
 
-def _text(fields: Mapping[Any, Any], name: str) -> str:
+def _text(fields: Mapping[Any, Any], name: str, missing: str | None = None) -> str:
     value = fields.get(name, fields.get(name.encode()))
+    if value is None and missing is not None:
+        return missing
     if value is None:
         raise InvalidRecord(f"{name} missing")
     if isinstance(value, bytes):

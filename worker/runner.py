@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis.exceptions import ConnectionError, ResponseError, TimeoutError
 
-from worker import chats, connection, partitions, redis_setup, retention, stream, vanished
-from worker.assign import Assigner, Decision
+from worker import chats, connection, partitions, redis_setup, retention, stream, sweep, vanished
+from worker.assign import Assigner, Decided, Decision, Move
 from worker.clock import Clock, ServerClock
 from worker.connection import is_passing_cluster_error, refusal, server_refusal
 from worker.log import level
@@ -78,7 +78,7 @@ class Lane:
     acks: list[str] = field(default_factory=list)
     unpublished: vanished.Unpublished = field(default_factory=vanished.Unpublished)
     next_claim: float = 0.0
-    next_sweep: float = 0.0
+    next_trim: float = 0.0
 
     @property
     def stream(self) -> str:
@@ -121,6 +121,8 @@ class Runner:
         self._burst = False  # a burst gives up on a failing Redis after the shutdown budget
         self._claim_every_s = min(max(settings.claim_idle_ms / 4000, 0.01), 5.0)
         self._turn = 0  # the lane an idle worker blocks on next
+        self._next_conversation_sweep = 0.0
+        self._swept: set[str] = set()  # accounts known to be in rota:swept
 
     def _lane(self, name: str) -> Lane:
         settings = self.settings.model_copy(update={"inbound_stream": name})
@@ -154,11 +156,14 @@ class Runner:
         return 0
 
     def _round(self, burst: bool) -> bool:
-        """A step on every lane; True when none had anything left to do. One lane reads
-        blocking (none in a burst); of several, each reads without blocking, and only when all
-        came back empty does one of them, in turn, block briefly."""
+        """The conversations' sweep when due, then a step on every lane; True when none had
+        anything left to do. One lane reads blocking (none in a burst), never past the next
+        sweep; of several, each reads without blocking, and only when all came back empty
+        does one of them, in turn, block briefly."""
+        if time.monotonic() >= self._next_conversation_sweep:
+            self._with_retry(self._sweep_conversations)
         if len(self.lanes) == 1:
-            block = None if burst else self.settings.block_ms
+            block = None if burst else min(self.settings.block_ms, self.settings.sweep_every_ms)
             return self._with_retry(partial(self._step, self.lanes[0], block))
         drained = True
         for lane in self.lanes:
@@ -249,7 +254,7 @@ class Runner:
     def _prepare(self, lane: Lane) -> None:
         self.clock.sync_if_due()
         self._ensure_group(lane)
-        self._sweep(lane)
+        self._trim(lane)
         self._prune_consumers(lane)
         # Listed in XINFO CONSUMERS from now on, not from its first entry (`rota demo` waits
         # for this: its handlers for SIGTERM are in place by then).
@@ -264,7 +269,7 @@ class Runner:
 
     def _leave(self, lane: Lane) -> None:
         self._flush_acks(lane)
-        self._sweep(lane)
+        self._trim(lane)
         self._delete_consumer(lane, self.consumer)  # kept if it holds anything, for a claimer
 
     def _delete_consumer(self, lane: Lane, consumer: str | bytes, idle_ms: int = 0) -> bool:
@@ -281,8 +286,8 @@ class Runner:
             held, lane.held = lane.held, []
             self._handle(lane, held)
             return False
-        if time.monotonic() >= lane.next_sweep:
-            self._sweep(lane)
+        if time.monotonic() >= lane.next_trim:
+            self._trim(lane)
         claimed = None
         if time.monotonic() >= lane.next_claim:
             claimed = self._claim(lane)
@@ -300,9 +305,9 @@ class Runner:
         stream.ack(self.transport, lane.settings, lane.acks)
         lane.acks = []
 
-    def _sweep(self, lane: Lane) -> None:
+    def _trim(self, lane: Lane) -> None:
         """Notes how far the group got and trims what every group acknowledged."""
-        lane.next_sweep = time.monotonic() + self.settings.inbound_trim_every_s
+        lane.next_trim = time.monotonic() + self.settings.inbound_trim_every_s
         retention.sweep(self.transport, lane.settings, self.clock.now_ms())
 
     def _claim(self, lane: Lane) -> bool:
@@ -386,15 +391,17 @@ class Runner:
             else:
                 valid.append((entry, parsed))
         now = self.clock.now_ms()
-        outcomes = self.assigner.decide(self.transport, [m for _, m in valid], now)
-        decided: list[tuple[Record, Decision]] = []
+        batch = self.assigner.decide_batch(self.transport, [m for _, m in valid], now)
+        outcomes, moves_after = batch.outcomes, _moves_after(batch.moves)
+        decided: list[tuple[Record, Decision]] = [(m.record(), _MOVED) for m in moves_after(-1)]
         deferred: list[Entry] = []
         refused: list[Entry] = []
         held_refusal: ResponseError | None = None
-        for (entry, message), outcome in zip(valid, outcomes, strict=True):
+        for k, ((entry, message), outcome) in enumerate(zip(valid, outcomes, strict=True)):
             if isinstance(outcome, Decision):
                 if outcome.published:
                     decided.append((Record.of(message, outcome), outcome))
+                decided.extend((move.record(), _MOVED) for move in moves_after(k))
                 if self._debug:
                     self._log_decision(message, outcome)
             elif isinstance(outcome, Rejection):
@@ -419,7 +426,7 @@ class Runner:
             done.append(entry.inbound_id)
         records = [record for record, _ in decided]
         new = [record for record, decision in decided if decision.new]
-        self._publish(lane, len(entries), records, dead, done, now, new)
+        self._publish(lane, len(entries), records, dead, done, now, new, batch)
         if deferred:
             stream.defer(self.client, lane.settings, self.consumer, deferred)
         return (refused, held_refusal) if held_refusal is not None else None
@@ -433,16 +440,13 @@ class Runner:
         done: list[str],
         now: int,
         new: Sequence[Record] = (),
+        batch: Decided | None = None,
     ) -> None:
-        """Decisions, dead letters, the day's chat counts (of ``new``: the records of decisions
-        made in this batch, not repeated) and webhook jobs, then the XACK. Metrics are counted
-        once per batch."""
-        webhooks = self.webhooks if records else None
-        also = [lambda pipe: webhooks.enqueue(pipe, records)] if webhooks is not None else []
-        counts = chats.count(new, now)
-        events = [record.to_fields() for record in records]
+        """Decisions and the batch's moves, dead letters, the day's chat counts (of ``new``:
+        the records of decisions made in this batch, not repeated) and webhook jobs, then the
+        XACK. Metrics are counted once per batch."""
         try:
-            stream.publish(self.transport, lane.settings, events, dead, counts, also)
+            self._write_events(lane.settings, records, dead, new, now, batch or Decided([]))
         except BaseException:
             lane.unpublished.remember(records)  # published if their entries vanish
             raise
@@ -451,8 +455,66 @@ class Runner:
         # every write above succeeded.
         lane.acks.extend(done)
         self.metrics.batch(entries, records, dead, self.clock.now_ms())
+
+    def _write_events(
+        self,
+        settings: Settings,
+        records: Sequence[Record],
+        dead: list[dict[Any, Any]],
+        new: Sequence[Record],
+        now: int,
+        batch: Decided,
+        stranded: Sequence[sweep.Stranded] = (),
+    ) -> None:
+        """Records (decisions and moves), dead letters, chat counts and webhook jobs in one
+        round trip, with the accounts that now have timers added to the sweeps' set; then the
+        moves' outbox entries (and the ``stranded`` ones published with them) deleted."""
+        webhooks = self.webhooks if records else None
+        also = [lambda pipe: webhooks.enqueue(pipe, list(records))] if webhooks else []
+        extra = chats.count(new, now)
+        timed = batch.timed - self._swept
+        if timed:
+            extra.append(sweep.mark_swept(timed))
+        events = [record.to_fields() for record in records]
+        stream.publish(self.transport, settings, events, dead, extra, also)
+        self._swept |= timed
         if webhooks is not None:
             self.metrics.webhooks.inc(len(records))
+        outbox: dict[str, list[str]] = {}
+        for move in batch.moves:
+            outbox.setdefault(move.account, []).append(move.outbox_id)
+        for left in stranded:
+            outbox.setdefault(left.account, []).append(left.outbox_id)
+        sweep.delete_published(self.transport, outbox)
+        self.metrics.moved(batch.moves)
+
+    def _sweep_conversations(self) -> None:
+        """Due timers and waiting queues decided, stranded outbox entries published; at once
+        again while a sweep found more than it takes."""
+        now = self.clock.now_ms()
+        found = sweep.due(self.transport, now)
+        wait = 0 if found.more else self.settings.sweep_every_ms / 1000
+        self._next_conversation_sweep = time.monotonic() + wait
+        if not found.entries and not found.stranded:
+            return
+        batch = self.assigner.decide_batch(self.transport, found.entries, now)
+        gone = []
+        for message, outcome in zip(found.entries, batch.outcomes, strict=True):
+            if isinstance(outcome, Rejection) and outcome.error == "unknown_number":
+                gone.append(message)
+            elif not isinstance(outcome, Decision):
+                self.log.error(
+                    "sweep entry failed",
+                    account=message.account,
+                    number=message.number,
+                    kind=message.kind,
+                    error=str(outcome),
+                )
+        sweep.forget(self.transport, gone)
+        records = [move.record() for move in batch.moves]
+        records += [Record.from_fields(left.fields) for left in found.stranded]
+        self._write_events(self.lanes[0].settings, records, [], records, now, batch, found.stranded)
+        self.metrics.batch(len(found.entries), records, [], self.clock.now_ms())
 
     def _log_decision(self, message: Message, decision: Decision) -> None:
         self.log.debug(
@@ -463,6 +525,18 @@ class Runner:
             user=decision.user,
             reason=decision.reason,
         )
+
+
+# What a move's record is published with in place of a message's decision: made now.
+_MOVED = Decision("", "moved", 0)
+
+
+def _moves_after(moves: Sequence[Move]) -> Callable[[int], list[Move]]:
+    """The moves published after the decision of each batch position (-1: before all)."""
+    by_position: dict[int, list[Move]] = {}
+    for move in moves:
+        by_position.setdefault(move.after, []).append(move)
+    return lambda position: by_position.get(position, [])
 
 
 def handle_signals(runner: Runner) -> None:

@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     # How often a worker trims what every group acknowledged off each inbound stream, and how
     # long acknowledged entries stay anyway (worker.retention).
     inbound_trim_every_s: float = Field(10.0, gt=0)
+    sweep_every_ms: int = Field(250, ge=10, le=1_000)  # timers act within this, and a round trip
     inbound_keep_s: int = Field(0, ge=0)
 
     claim_idle_ms: int = Field(30_000, ge=1)

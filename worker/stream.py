@@ -38,7 +38,7 @@ def ensure_group(client: RedisClient, settings: Settings) -> str | None:
     a lost group had published every entry (noted by worker.retention), else at the stream's
     start. The id it was created at; None when it existed (only BUSYGROUP is fine)."""
     noted = client.get(keys.published(settings.inbound_stream))
-    start = _id(noted) if noted else "0"
+    start = stream_id(noted) if noted else "0"
     try:
         client.xgroup_create(settings.inbound_stream, settings.group, id=start, mkstream=True)
     except ResponseError as error:
@@ -72,7 +72,7 @@ def read_new(
     command = ("XREADGROUP", "GROUP", settings.group, consumer, "COUNT", settings.batch_size)
     read = (*command, *block, "STREAMS", settings.inbound_stream, ">")
     replies = transport.execute([_xack(settings, acks), read] if acks else [read])
-    _check(replies)
+    check_replies(replies)
     return _entries(replies[-1])
 
 
@@ -85,10 +85,10 @@ def _entries(reply: object) -> list[Entry]:
         entries = reply[0][1]
     else:
         return []
-    return [Entry(_id(entry_id), _pairs(fields), 1) for entry_id, fields in entries]
+    return [Entry(stream_id(entry_id), pairs(fields), 1) for entry_id, fields in entries]
 
 
-def _pairs(flat: list[bytes] | Fields | None) -> Fields:
+def pairs(flat: list[bytes] | Fields | None) -> Fields:
     """XREADGROUP's flat field/value list as a dict (a cluster pipeline's reply callbacks
     have made it one already); None (a deleted entry) as no fields."""
     if not flat:
@@ -118,10 +118,10 @@ class Claimer:
             idle=settings.claim_idle_ms,
         )
         full = len(pending) == settings.batch_size
-        self._start = "(" + _id(pending[-1]["message_id"]) if full else "-"
+        self._start = "(" + stream_id(pending[-1]["message_id"]) if full else "-"
         if not pending:
             return Claimed([], [], more=False, vanished=[])
-        delivered = {_id(p["message_id"]): int(p["times_delivered"]) for p in pending}
+        delivered = {stream_id(p["message_id"]): int(p["times_delivered"]) for p in pending}
         # Deleted entries stay pending until acknowledged after their dead letter: Redis 7's
         # XCLAIM would drop them from the pending list unseen.
         gone = set(missing(transport, settings, list(delivered)))
@@ -130,7 +130,7 @@ class Claimer:
         taken = self._xclaim(client, wanted) if wanted else []
         retry, poison, returned = [], [], set()
         for entry_id, fields in taken:
-            inbound_id = _id(entry_id)
+            inbound_id = stream_id(entry_id)
             returned.add(inbound_id)
             seen = delivered.get(inbound_id, 0)
             if not fields:
@@ -159,7 +159,7 @@ class Claimer:
 def missing(transport: Transport, settings: Settings, inbound_ids: Sequence[str]) -> list[str]:
     """Which of these ids have no entry on the inbound stream any more, in one round trip."""
     replies = transport.execute([("XRANGE", settings.inbound_stream, i, i) for i in inbound_ids])
-    _check(replies)
+    check_replies(replies)
     return [i for i, reply in zip(inbound_ids, replies, strict=True) if not reply]
 
 
@@ -204,7 +204,7 @@ def publish(
     ]
     writes.extend(("XADD", settings.dead_stream, "*", *_flat(letter)) for letter in dead)
     writes.extend(extra)
-    _check(transport.execute(writes))
+    check_replies(transport.execute(writes))
     if also:
         pipe = transport.client.pipeline(transaction=False)
         for add in also:
@@ -214,14 +214,14 @@ def publish(
 
 def ack(transport: Transport, settings: Settings, inbound_ids: Sequence[str]) -> None:
     if inbound_ids:
-        _check(transport.execute([_xack(settings, inbound_ids)]))
+        check_replies(transport.execute([_xack(settings, inbound_ids)]))
 
 
 def _xack(settings: Settings, inbound_ids: Sequence[str]) -> Command:
     return ("XACK", settings.inbound_stream, settings.group, *inbound_ids)
 
 
-def _check(replies: Sequence[object]) -> None:
+def check_replies(replies: Sequence[object]) -> None:
     for reply in replies:
         if isinstance(reply, Exception):
             raise reply
@@ -231,5 +231,5 @@ def _flat(fields: dict[Any, Any]) -> list[Any]:
     return [part for pair in fields.items() for part in pair]
 
 
-def _id(entry_id: bytes | str) -> str:
+def stream_id(entry_id: bytes | str) -> str:
     return entry_id.decode() if isinstance(entry_id, bytes) else entry_id
