@@ -11,6 +11,8 @@ Parts (the machine is shared, so each figure is set against a baseline measured 
   6 night    the night shift: 1,000 members of whom one is available, at full load and one
              message at a time, against 8 members all available
   7 conversations  capacity and presence TTL on (never reached) against the same decision off
+  8 timers   reply timers and the queue on (every decision starts a timer) against off; and
+             the sweep firing reply timers that are all due, per timer
 
 Run it as ``scripts/bench [--quick] [--only PART] [--json FILE]``: progress on stderr, the table
 on stdout; exit 0 when every part ran (whatever the targets say), 1 when a check failed.
@@ -85,6 +87,7 @@ TARGET_E2E = 0.7  # 2 workers >= 0.7 x the null pipeline's msg/s
 TARGET_REDIS_CPU = 2.0  # Redis CPU per message <= 2 x the null pipeline's
 TARGET_NIGHT = 2.0  # 1,000 members, 1 available <= 2 x the time per message of 8 available
 TARGET_CONVERSATIONS = 1.5  # capacity and presence TTL on <= 1.5 x the plain decision
+TARGET_TIMERS = 1.5  # reply timers and the queue on <= 1.5 x the plain decision
 TARGET_P99_MS = 5.0
 TARGET_PEER = 20.0  # Rota >= 20 x the client-side peer
 TARGET_SCALE = 3.0  # 1,000 members <= 3 x the time of 10
@@ -92,7 +95,7 @@ TARGET_BYTES = 100.0  # Redis per known customer
 
 PART_NAMES = {
     "0": "null", "1": "ceiling", "2": "e2e", "3": "latency", "4": "peers", "5": "scale",
-    "6": "night", "7": "conversations",
+    "6": "night", "7": "conversations", "8": "timers",
 }  # fmt: skip
 # the baselines a part's ratios are taken against
 NEEDS = {"2": ("0", "1"), "4": ("0", "1", "2")}
@@ -519,15 +522,20 @@ def drain(
     available: int | None = None,
     count: int = 0,
     conversations: bool = False,
+    timers: bool = False,
 ) -> Drain:
     """``count`` (default: the e2e size) messages on the stream, drained by burst workers;
     ``conversations``: with a capacity and a presence TTL on, neither ever reached, so every
-    decision pays for their checks and changes nothing."""
+    decision pays for their checks and changes nothing; ``timers``: with a reply timeout that
+    does not fire during the run and the queue, so every decision starts a timer."""
     count = count or bench.sizes.e2e
     fresh(bench, members, available)
     if conversations:
         bench.rd.hset(keys.number(ACCOUNT, NUMBER), "capacity", count + 1)
         bench.rd.hset(keys.account_settings(ACCOUNT), "presence_ttl_s", CONVERSATION_TTL_S)
+    if timers:
+        settings = {"when_nobody": "queue", "reply_timeout_s": TIMERS_OFF_S}
+        bench.rd.hset(keys.number(ACCOUNT, NUMBER), mapping=settings)
     push(bench, count, f"wamid.e2e{workers}")
     log(f"e2e: {count:,} messages on {INBOUND}, {members:,} members, {workers} x rota worker")
     redis_before, machine_before = redis_cpu_s(bench.rb), machine_busy_s()
@@ -1058,11 +1066,78 @@ def part_conversations(bench: Bench) -> None:
     report.figures["conversations"] = {"plain": asdict(plain), "checked": asdict(checked)}
 
 
+# ---------------------------------------------------------------- 8: timers
+
+FIRED_TIMEOUT_S = 600  # the timers the sweep fires start new ones, which must not fire
+TIMERS_OFF_S = 3_600  # a reply timeout far past the run: the timers are written, none fires
+
+
+@dataclass(frozen=True)
+class Sweep:
+    timers: int
+    wall_s: float  # spawn to exit
+    busy_s: float  # first to last move published
+    redis_cpu_s: float
+
+
+def fire_due_timers(bench: Bench, count: int) -> Sweep:
+    """``count`` open conversations whose reply timers are all due, fired by one burst worker
+    (which sweeps until nothing due is left): each moves to the next user, with a new timer."""
+    drain(bench, WORKERS, 8, None, count)
+    bench.rd.hset(keys.number(ACCOUNT, NUMBER), "reply_timeout_s", FIRED_TIMEOUT_S)
+    now = now_ms()
+    pipe = bench.rb.pipeline(transaction=False)
+    for i in range(count):
+        pipe.zadd(keys.timers(ACCOUNT), {f"{NUMBER}:{CUSTOMER_BASE + i}": now - 1})
+    pipe.sadd(keys.swept_accounts(), ACCOUNT)
+    pipe.execute()
+    last_decision = bench.rb.xrevrange(EVENTS, count=1)[0][0]
+    redis_before, start = redis_cpu_s(bench.rb), time.perf_counter()
+    wait_all(bench, spawn_workers(bench, 1, burst=True, tag="sweep"), timeout_s=600)
+    wall, redis = time.perf_counter() - start, redis_cpu_s(bench.rb) - redis_before
+    moves = bench.rb.xrange(EVENTS, min=b"(" + last_decision)
+    timeouts = sum(1 for _, fields in moves if fields[b"reason"] == b"reply_timeout")
+    check(timeouts == count, f"{timeouts:,} reply timeouts published for {count:,} due timers")
+    busy = max(entry_ms(moves[-1][0]) - entry_ms(moves[0][0]), 1) / 1000
+    return Sweep(count, wall, busy, redis)
+
+
+def part_timers(bench: Bench) -> None:
+    count, report = bench.sizes.night, bench.report
+    log(f"8 timers: reply timers and the queue on vs off, {count:,} msgs")
+    plain = drain(bench, WORKERS, 8, None, count)
+    timed = drain(bench, WORKERS, 8, None, count, timers=True)
+    started = bench.rd.zcard(keys.timers(ACCOUNT))
+    check(started == count, f"{started:,} timers after {count:,} new conversations")
+    plain_us, timed_us = 1e6 / plain.busy_per_s, 1e6 / timed.busy_per_s
+    ratio = timed_us / plain_us
+    figure = f"time per message, 8 members, {WORKERS} workers, {count:,} msgs, settings off"
+    report.add("8 timers", figure, f"{plain_us:.1f} µs", "baseline")
+    figure = "  reply_timeout_s and when_nobody = queue on (a timer per decision)"
+    goal, ok = f"≤ {TARGET_TIMERS:g}x", ratio <= TARGET_TIMERS
+    report.judge("8 timers", figure, f"{timed_us:.1f} µs", f"{ratio:.2f}x", goal, ok)
+    report.ratios.append(f"reply timers and queue on / off, time per message: {ratio:.2f}x")
+    fired = fire_due_timers(bench, count)
+    busy_us, redis_us = fired.busy_s * 1e6 / count, fired.redis_cpu_s * 1e6 / count
+    figure = f"sweep: {count:,} due reply timers fired by 1 worker, first to last move"
+    report.add("8 timers", figure, f"{busy_us:.1f} µs per timer", f"{busy_us / plain_us:.2f}x")
+    wall = f"{fired.wall_s:.1f} s"
+    report.add("8 timers", "  spawn to exit of that burst worker", wall)
+    figure = "  Redis CPU per fired timer (vs per plain decision)"
+    per_message = plain.redis_cpu_s * 1e6 / count
+    report.add("8 timers", figure, f"{redis_us:.1f} µs", f"{redis_us / per_message:.2f}x")
+    report.figures["timers"] = {
+        "plain": asdict(plain),
+        "timed": asdict(timed),
+        "fired": asdict(fired),
+    }
+
+
 # ---------------------------------------------------------------- running and printing
 
 PARTS: dict[str, Callable[[Bench], None]] = {
     "0": part_null, "1": part_ceiling, "2": part_e2e, "3": part_latency, "4": part_peers,
-    "5": part_scale, "6": part_night, "7": part_conversations,
+    "5": part_scale, "6": part_night, "7": part_conversations, "8": part_timers,
 }  # fmt: skip
 
 

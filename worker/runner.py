@@ -160,11 +160,12 @@ class Runner:
         anything left to do. One lane reads blocking (none in a burst), never past the next
         sweep; of several, each reads without blocking, and only when all came back empty
         does one of them, in turn, block briefly."""
+        swept_all = True
         if time.monotonic() >= self._next_conversation_sweep:
-            self._with_retry(self._sweep_conversations)
+            swept_all = self._with_retry(self._sweep_conversations)
         if len(self.lanes) == 1:
             block = None if burst else min(self.settings.block_ms, self.settings.sweep_every_ms)
-            return self._with_retry(partial(self._step, self.lanes[0], block))
+            return self._with_retry(partial(self._step, self.lanes[0], block)) and swept_all
         drained = True
         for lane in self.lanes:
             if self.stop_requested_at is not None:
@@ -175,7 +176,7 @@ class Runner:
             self._turn += 1
             block = min(self.settings.partition_block_ms, self.settings.block_ms)
             self._with_retry(partial(self._step, lane, block))
-        return drained
+        return drained and swept_all
 
     def _with_retry(self, action: Callable[[], T]) -> T:
         """Runs the action until Redis answers, backing off between tries; raises BudgetSpent
@@ -488,15 +489,16 @@ class Runner:
         sweep.delete_published(self.transport, outbox)
         self.metrics.moved(batch.moves)
 
-    def _sweep_conversations(self) -> None:
+    def _sweep_conversations(self) -> bool:
         """Due timers and waiting queues decided, stranded outbox entries published; at once
-        again while a sweep found more than it takes."""
+        again while a sweep found more than it takes. True when it changed nothing (and found
+        no more): what a burst waits for."""
         now = self.clock.now_ms()
         found = sweep.due(self.transport, now)
         wait = 0 if found.more else self.settings.sweep_every_ms / 1000
         self._next_conversation_sweep = time.monotonic() + wait
         if not found.entries and not found.stranded:
-            return
+            return not found.more
         batch = self.assigner.decide_batch(self.transport, found.entries, now)
         gone = []
         for message, outcome in zip(found.entries, batch.outcomes, strict=True):
@@ -515,6 +517,7 @@ class Runner:
         records += [Record.from_fields(left.fields) for left in found.stranded]
         self._write_events(self.lanes[0].settings, records, [], records, now, batch, found.stranded)
         self.metrics.batch(len(found.entries), records, [], self.clock.now_ms())
+        return not (found.more or records)
 
     def _log_decision(self, message: Message, decision: Decision) -> None:
         self.log.debug(
