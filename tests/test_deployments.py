@@ -243,7 +243,7 @@ def test_claimed_backlog_is_decided_in_full_batches_without_waiting_between_them
     runner = Runner(rb, settings, logger(settings), consumer="alive")
     decided: list[int] = []
     blocks: list[int | None] = []
-    decide, read_new = runner.assigner.decide, stream.read_new
+    decide, read_new = runner.assigner.decide_batch, stream.read_new
 
     def counting_decide(client: Any, messages: Any, now_ms: int) -> Any:
         decided.append(len(messages))
@@ -253,7 +253,7 @@ def test_claimed_backlog_is_decided_in_full_batches_without_waiting_between_them
         blocks.append(block)
         return read_new(client, settings_, consumer, block, acks)
 
-    monkeypatch.setattr(runner.assigner, "decide", counting_decide)
+    monkeypatch.setattr(runner.assigner, "decide_batch", counting_decide)
     monkeypatch.setattr(runner_module.stream, "read_new", recording_read)
 
     # When it runs until nothing is pending

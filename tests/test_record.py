@@ -22,7 +22,15 @@ def test_a_record_reads_back_from_the_stream_as_written(rd: Any, rb: Any) -> Non
     [(_, text)] = rd.xrange("rota:assignments")
 
     assert Record.from_fields(raw) == Record.from_fields(text) == RECORD
-    assert Record.from_fields({**RECORD.to_fields(), "previous": "bob"}) == RECORD
+    assert Record.from_fields({**RECORD.to_fields(), "other": "x"}) == RECORD
+
+
+def test_an_event_reads_back_with_previous_and_event_id() -> None:
+    event = Record(
+        "acme", "15550001000", "447700900001", "", "", "bob", "reply_timeout", 17, "ann", "acme:7"
+    )
+
+    assert Record.from_fields(event.to_fields()) == event
 
 
 @pytest.mark.parametrize(
