@@ -144,7 +144,11 @@ def test_stats_show_streams_pending_dead_letters_and_the_account(
         "eligible_now": ["A"],
         "next": {"user": "A", "reason": "round_robin"},
         "cursor": 3,  # A, then B skipped and A again
+        "queue": 0,
+        "oldest_wait_ms": None,
     }
+    assert (account["queue"], account["oldest_wait_ms"]) == (0, None)
+    assert stats["queues"] == {}  # nobody waits anywhere
 
 
 def test_stats_before_any_worker_ran(cli: Any, rd: Any) -> None:
