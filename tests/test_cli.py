@@ -339,6 +339,12 @@ MORE_BAD_INPUT = {
     "negative-presence-ttl": ["account", "set", ACCOUNT, "--presence-ttl", "-5"],
     "huge-presence-ttl": ["account", "set", ACCOUNT, "--presence-ttl", "9" * 20],
     "letters-in-capacity": ["number", "set", ACCOUNT, NUMBER, "--capacity", "two"],
+    "bad-when-nobody": ["number", "set", ACCOUNT, NUMBER, "--when-nobody", "nobody"],
+    "when-nobody-without-value": ["number", "set", ACCOUNT, NUMBER, "--when-nobody"],
+    "negative-queue-max-wait": ["number", "set", ACCOUNT, NUMBER, "--queue-max-wait", "-5"],
+    "fractional-queue-max-wait": ["number", "set", ACCOUNT, NUMBER, "--queue-max-wait", "1.5"],
+    "letters-in-reply-timeout": ["number", "set", ACCOUNT, NUMBER, "--reply-timeout", "1m"],
+    "huge-reply-timeout": ["number", "set", ACCOUNT, NUMBER, "--reply-timeout", "9" * 20],
     "heartbeat-without-user": ["presence", "heartbeat", ACCOUNT],
     "heartbeat-bad-user": ["presence", "heartbeat", ACCOUNT, "al ice"],
     "show-bad-customer": ["conversation", "show", ACCOUNT, NUMBER, "12"],
@@ -376,6 +382,100 @@ def test_number_set_capacity_and_owner_online_only(rota: Rota, rd: Any) -> None:
         "capacity": "0",
         "owner_online_only": "0",
     }
+
+
+def test_number_set_when_nobody_queue_max_wait_and_reply_timeout(rota: Rota, rd: Any) -> None:
+    ok(rota("number", "set", ACCOUNT, NUMBER, "--members", "alice", "--when-nobody", "queue",
+            "--queue-max-wait", "600", "--reply-timeout", "90"))  # fmt: skip
+    assert rd.hgetall(keys.number(ACCOUNT, NUMBER)) == {
+        "assign_unknown": "1",
+        "online_only": "1",
+        "when_nobody": "queue",
+        "queue_max_wait_s": "600",
+        "reply_timeout_s": "90",
+    }
+    settings = json.loads(ok(rota("number", "show", ACCOUNT, NUMBER)))["settings"]
+    assert (settings["when_nobody"], settings["queue_max_wait_s"]) == ("queue", 600)
+    assert settings["reply_timeout_s"] == 90
+
+    # 0 turns a timer off; each flag changes only its own setting
+    ok(rota("number", "set", ACCOUNT, NUMBER, "--when-nobody", "admin", "--reply-timeout", "0"))
+    assert rd.hgetall(keys.number(ACCOUNT, NUMBER)) == {
+        "assign_unknown": "1",
+        "online_only": "1",
+        "when_nobody": "admin",
+        "queue_max_wait_s": "600",
+        "reply_timeout_s": "0",
+    }
+    settings = json.loads(ok(rota("number", "show", ACCOUNT, NUMBER)))["settings"]
+    assert (settings["when_nobody"], settings["reply_timeout_s"]) == ("admin", 0)
+
+
+def test_number_set_names_what_when_nobody_may_be(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ROTA_REDIS_URL", UNREACHABLE)
+
+    assert cli.main(MORE_BAD_INPUT["bad-when-nobody"]) == 2
+
+    said = capsys.readouterr().err
+    assert "nobody" in said and "admin" in said and "queue" in said
+
+
+def test_number_show_counts_the_queue_and_its_oldest_wait(rota: Rota, rd: Any) -> None:
+    # Given two customers queued 5 s and 1 s ago, and nobody to take them
+    admin.set_number(rd, ACCOUNT, NUMBER, members=["alice"], when_nobody="queue")
+    now = clock.server_ms(rd)
+    rd.rpush(keys.queue(ACCOUNT, NUMBER), "447700900001", "447700900002")
+    rd.hset(keys.queued(ACCOUNT, NUMBER), mapping={"447700900001": now - 5000,
+                                                    "447700900002": now - 1000})  # fmt: skip
+
+    shown = json.loads(ok(rota("number", "show", ACCOUNT, NUMBER)))
+    waited = clock.server_ms(rd) - now
+
+    assert shown["queue"] == 2
+    assert 5000 <= shown["oldest_wait_ms"] <= 5000 + waited
+    assert shown["next"] == {"user": "", "reason": "queued"}
+
+
+def test_number_show_with_nobody_waiting_has_no_oldest_wait(rota: Rota, rd: Any) -> None:
+    admin.set_number(rd, ACCOUNT, NUMBER, members=["alice"])
+
+    shown = json.loads(ok(rota("number", "show", ACCOUNT, NUMBER)))
+
+    assert (shown["queue"], shown["oldest_wait_ms"]) == (0, None)
+    settings = shown["settings"]
+    assert (settings["when_nobody"], settings["queue_max_wait_s"]) == ("admin", 0)
+    assert settings["reply_timeout_s"] == 0
+
+
+def test_number_show_next_is_who_a_new_chat_gets_after_the_queue(rota: Rota, rd: Any) -> None:
+    # Given alice and bob just became available, and a customer still waiting for either
+    admin.set_number(rd, ACCOUNT, NUMBER, members=["alice", "bob"], when_nobody="queue")
+    admin.set_presence(rd, ACCOUNT, "alice", "available")
+    admin.set_presence(rd, ACCOUNT, "bob", "available")
+    rd.rpush(keys.queue(ACCOUNT, NUMBER), "447700900001")
+    rd.hset(keys.queued(ACCOUNT, NUMBER), "447700900001", clock.server_ms(rd))
+
+    shown = json.loads(ok(rota("number", "show", ACCOUNT, NUMBER)))
+
+    # Then the waiting customer goes first, to alice: a new chat goes to bob
+    assert shown["next"] == {"user": "bob", "reason": "round_robin"}
+    assert (shown["cursor"], shown["queue"]) == (0, 1)  # what is stored, not yet served
+
+
+def test_number_show_counts_users_heard_within_the_presence_ttl_as_eligible(
+    rota: Rota, rd: Any
+) -> None:
+    admin.set_account(rd, ACCOUNT, presence_ttl_s=300)
+    admin.set_number(rd, ACCOUNT, NUMBER, members=["alice", "bob"])
+    ok(rota("presence", "set", ACCOUNT, "alice", "available"))  # heard now
+    rd.hset(keys.presence(ACCOUNT), "bob", "available")  # never heard from
+
+    shown = json.loads(ok(rota("number", "show", ACCOUNT, NUMBER)))
+
+    assert shown["eligible_now"] == ["alice"]
+    assert shown["next"] == {"user": "alice", "reason": "round_robin"}
 
 
 def test_number_show_counts_open_conversations_and_who_is_at_capacity(rota: Rota, rd: Any) -> None:
@@ -455,6 +555,35 @@ def test_conversation_show_prints_json(rota: Rota, rd: Any) -> None:
         "replied": False,
         "reply_deadline": None,
         "tried": ["alice"],
+    }
+
+
+def test_conversation_show_prints_the_queue_the_reply_deadline_and_who_tried(
+    rota: Rota, rd: Any
+) -> None:
+    # Given a customer waiting in the queue (with a queue-wait timer)
+    rd.hset(keys.queued(ACCOUNT, NUMBER), CUSTOMER, 1_700_000_000_000)
+    rd.zadd(keys.timers(ACCOUNT), {f"{NUMBER}:{CUSTOMER}": 1_700_000_600_000})
+    assert json.loads(ok(rota("conversation", "show", ACCOUNT, NUMBER, CUSTOMER))) == {
+        "user": None,
+        "state": "queued",
+        "replied": False,
+        "reply_deadline": None,
+        "tried": [],
+    }
+    # When alice got it, did not reply, and it moved on to bob, who must reply by the deadline
+    rd.hdel(keys.queued(ACCOUNT, NUMBER), CUSTOMER)
+    rd.hset(keys.owners(ACCOUNT, NUMBER), CUSTOMER, "bob")
+    rd.hset(keys.open_conversations(ACCOUNT, NUMBER), CUSTOMER, "bob")
+    rd.hset(keys.tried(ACCOUNT, NUMBER), CUSTOMER, "alice,bob")
+    rd.zadd(keys.timers(ACCOUNT), {f"{NUMBER}:{CUSTOMER}": 1_700_000_120_000})
+
+    assert json.loads(ok(rota("conversation", "show", ACCOUNT, NUMBER, CUSTOMER))) == {
+        "user": "bob",
+        "state": "open",
+        "replied": False,
+        "reply_deadline": 1_700_000_120_000,
+        "tried": ["alice", "bob"],
     }
 
 

@@ -9,9 +9,13 @@ from typing import Any
 import pytest
 
 from tests.conftest import ON_SINGLE_AND_CLUSTER, make_settings
-from tests.helpers import ACCOUNT, NUMBER, dead, events, given_number, run_burst
-from worker import clock, keys, partitions
+from tests.helpers import ACCOUNT, NUMBER, dead, events, given_number, given_presence, run_burst
+from worker import admin, clock, keys, partitions
+from worker.assign import Assigner, Decision, Move
 from worker.client import Refused, Rota
+from worker.connection import transport
+from worker.messages import Message
+from worker.scripts import Scripts
 from worker.settings import Settings
 
 CUSTOMER = "447700900123"
@@ -206,12 +210,159 @@ def test_show_conversation_reads_open_closed_and_none(rd: Any, settings: Setting
     }
 
 
+@ON_SINGLE_AND_CLUSTER
+def test_show_conversation_reads_queued_deadlines_and_who_tried(
+    rd: Any, settings: Settings
+) -> None:
+    rota = Rota(rd, settings)
+    timer = f"{NUMBER}:{CUSTOMER}"
+    # Queued (a customer alice owned, waiting now): nobody has it; its timer is the queue
+    # wait's end, no reply deadline
+    rd.hset(keys.owners(ACCOUNT, NUMBER), CUSTOMER, "alice")
+    rd.hset(keys.queued(ACCOUNT, NUMBER), CUSTOMER, "1700000000000")
+    rd.zadd(keys.timers(ACCOUNT), {timer: 1_700_000_600_000})
+    assert rota.show_conversation(ACCOUNT, NUMBER, CUSTOMER) == {
+        "user": None,
+        "state": "queued",
+        "replied": False,
+        "reply_deadline": None,
+        "tried": [],
+    }
+
+    # Open, not replied, after a reply timeout: the deadline, and both users who held it
+    rd.hdel(keys.queued(ACCOUNT, NUMBER), CUSTOMER)
+    rd.hset(keys.open_conversations(ACCOUNT, NUMBER), CUSTOMER, "bob")
+    rd.hset(keys.tried(ACCOUNT, NUMBER), CUSTOMER, "alice,bob")
+    rd.zadd(keys.timers(ACCOUNT), {timer: 1_700_000_120_000, NUMBER: 0})
+    assert rota.show_conversation(ACCOUNT, NUMBER, CUSTOMER) == {
+        "user": "bob",
+        "state": "open",
+        "replied": False,
+        "reply_deadline": 1_700_000_120_000,
+        "tried": ["alice", "bob"],
+    }
+
+    # Replied: no deadline, whatever the timers hold
+    rd.hset(keys.replied(ACCOUNT, NUMBER), CUSTOMER, "1")
+    shown = rota.show_conversation(ACCOUNT, NUMBER, CUSTOMER)
+    assert (shown["replied"], shown["reply_deadline"]) == (True, None)
+
+    # Closed: nobody tried it since it opened, there is no deadline
+    rd.hdel(keys.open_conversations(ACCOUNT, NUMBER), CUSTOMER)
+    rd.hdel(keys.replied(ACCOUNT, NUMBER), CUSTOMER)
+    assert rota.show_conversation(ACCOUNT, NUMBER, CUSTOMER) == {
+        "user": "alice",
+        "state": "closed",
+        "replied": False,
+        "reply_deadline": None,
+        "tried": [],
+    }
+
+
 def test_show_conversation_from_a_bytes_client(rb: Any, settings: Settings) -> None:
-    rb.hset(keys.open_conversations(ACCOUNT, NUMBER), CUSTOMER, "alice")
+    rb.hset(keys.open_conversations(ACCOUNT, NUMBER), CUSTOMER, "bob")
+    rb.hset(keys.tried(ACCOUNT, NUMBER), CUSTOMER, "alice,bob")
+    rb.zadd(keys.timers(ACCOUNT), {f"{NUMBER}:{CUSTOMER}": 1_700_000_120_000})
 
     shown = Rota(rb, settings).show_conversation(ACCOUNT, NUMBER, CUSTOMER)
 
-    assert (shown["user"], shown["state"], shown["replied"]) == ("alice", "open", False)
+    assert (shown["user"], shown["state"], shown["replied"]) == ("bob", "open", False)
+    assert (shown["reply_deadline"], shown["tried"]) == (1_700_000_120_000, ["alice", "bob"])
+
+
+# A conversation's state as decide.lua leaves it, on a clock the test controls.
+
+NOW = clock.local_ms()
+TIMEOUT_S = 60
+
+
+def decided(rb: Any, now_ms: int, *entries: Message) -> list[Move]:
+    """The entries decided in one batch at ``now_ms``: the conversations that moved."""
+    link = transport(rb)
+    try:
+        batch = Assigner(Scripts(rb), dedup_window_s=86_400).decide_batch(link, entries, now_ms)
+    finally:
+        link.close()
+    assert all(isinstance(outcome, Decision) for outcome in batch.outcomes), batch.outcomes
+    return batch.moves
+
+
+def entry(kind: str = "message", user: str = "", message_id: str = "") -> Message:
+    return Message(f"{NOW}-0", ACCOUNT, NUMBER, CUSTOMER, message_id, kind, user)
+
+
+def test_show_conversation_follows_a_reply_timeout_then_the_reply(
+    rota: Rota, rd: Any, rb: Any
+) -> None:
+    # Given alice and bob, and a reply timeout
+    given_number(rd, ["alice", "bob"], online_only=False, reply_timeout_s=TIMEOUT_S)
+    decided(rb, NOW, entry(message_id="wamid.1"))
+    assert rota.show_conversation(ACCOUNT, NUMBER, CUSTOMER) == {
+        "user": "alice",
+        "state": "open",
+        "replied": False,
+        "reply_deadline": NOW + TIMEOUT_S * 1000,
+        "tried": ["alice"],
+    }
+    # When alice does not reply in time
+    late = NOW + TIMEOUT_S * 1000
+    assert [(m.user, m.reason, m.previous) for m in decided(rb, late, entry("timer"))] == [
+        ("bob", "reply_timeout", "alice")
+    ]
+    # Then bob has it, with a deadline of his own, and both held it
+    assert rota.show_conversation(ACCOUNT, NUMBER, CUSTOMER) == {
+        "user": "bob",
+        "state": "open",
+        "replied": False,
+        "reply_deadline": late + TIMEOUT_S * 1000,
+        "tried": ["alice", "bob"],
+    }
+    # When bob replies, the deadline is gone; when it closes, so is the list
+    decided(rb, late + 1000, entry("replied", "bob", "r.1"))
+    shown = rota.show_conversation(ACCOUNT, NUMBER, CUSTOMER)
+    assert (shown["replied"], shown["reply_deadline"]) == (True, None)
+    decided(rb, late + 2000, entry("closed", message_id="c.1"))
+    assert rota.show_conversation(ACCOUNT, NUMBER, CUSTOMER) == {
+        "user": "bob",
+        "state": "closed",
+        "replied": False,
+        "reply_deadline": None,
+        "tried": [],
+    }
+
+
+def test_show_conversation_of_a_queued_customer_then_served(
+    rota: Rota, rd: Any, rb: Any, settings: Settings
+) -> None:
+    # Given nobody available, when_nobody = queue and a queue-wait limit
+    given_number(rd, ["alice"], when_nobody="queue", queue_max_wait_s=600)
+    admin.set_account(rd, ACCOUNT, "boss")
+    decided(rb, NOW, entry(message_id="wamid.1"))
+    # Then the customer waits, with its queue-wait timer but no reply deadline
+    assert rd.zscore(keys.timers(ACCOUNT), f"{NUMBER}:{CUSTOMER}") == NOW + 600_000
+    assert rota.show_conversation(ACCOUNT, NUMBER, CUSTOMER) == {
+        "user": None,
+        "state": "queued",
+        "replied": False,
+        "reply_deadline": None,
+        "tried": [],
+    }
+    before = clock.server_ms(rd)
+    shown = admin.show_number(rd, ACCOUNT, NUMBER)
+    assert shown is not None and shown["queue"] == 1
+    assert before - NOW <= shown["oldest_wait_ms"] <= clock.server_ms(rd) - NOW
+    # When alice comes back and the queue is served, alice has it
+    given_presence(rd, alice="available")
+    served = decided(rb, NOW + 1000, Message(f"{NOW}-1", ACCOUNT, NUMBER, "", "", "queue"))
+    assert [(m.customer, m.user, m.reason) for m in served] == [(CUSTOMER, "alice", "round_robin")]
+    shown_now = rota.show_conversation(ACCOUNT, NUMBER, CUSTOMER)
+    assert (shown_now["user"], shown_now["state"], shown_now["tried"]) == (
+        "alice",
+        "open",
+        ["alice"],
+    )
+    after = admin.show_number(rd, ACCOUNT, NUMBER)
+    assert after is not None and (after["queue"], after["oldest_wait_ms"]) == (0, None)
 
 
 def test_the_worker_takes_the_clients_activity_in_order(

@@ -420,7 +420,8 @@ def test_stats_of_an_account_lists_its_indexed_numbers(cli: Any, rd: Any) -> Non
     assert sorted(json.loads(shown.out)["account"]["numbers"]) == ["15550001000", "15550002000"]
 
 
-# The conversation settings: presence_ttl_s (account), capacity and owner_online_only (number).
+# The conversation settings: presence_ttl_s (account); capacity, owner_online_only, when_nobody,
+# queue_max_wait_s and reply_timeout_s (number).
 
 CONVERSATIONS = """\
 # Rota configuration: `rota apply FILE` writes it, `rota export` prints it.
@@ -436,6 +437,9 @@ assign_unknown = true
 online_only = true
 capacity = 5
 owner_online_only = true
+when_nobody = "queue"
+queue_max_wait_s = 600
+reply_timeout_s = 120
 """
 
 
@@ -452,6 +456,9 @@ def test_conversation_settings_round_trip_through_apply_and_export(
         "online_only": "1",
         "capacity": "5",
         "owner_online_only": "1",
+        "when_nobody": "queue",
+        "queue_max_wait_s": "600",
+        "reply_timeout_s": "120",
     }
     assert cli("export").out == CONVERSATIONS
 
@@ -463,6 +470,9 @@ def test_conversation_settings_left_out_are_off_and_not_exported(
     cli("apply", str(write(tmp_path, CONVERSATIONS)))
     without = CONVERSATIONS.replace("presence_ttl_s = 300\n", "")
     without = without.replace("capacity = 5\nowner_online_only = true\n", "")
+    without = without.replace('when_nobody = "queue"\n', "")
+    without = without.replace("queue_max_wait_s = 600\nreply_timeout_s = 120\n", "")
+    assert "when_nobody" not in without and "_s = " not in without
     assert cli("apply", str(write(tmp_path, without))).code == 0
     # Then they are off (absent) and the export has none of them
     assert rd.hgetall(keys.account_settings("acme")) == {"admin": "boss"}
@@ -489,6 +499,38 @@ def test_number_and_account_set_merge_the_conversation_settings(cli: Any, rd: An
     assert rd.hgetall(keys.account_settings("acme")) == {"admin": "boss"}
 
 
+def test_number_set_merges_the_queue_and_timer_settings(cli: Any, rd: Any) -> None:
+    # Given each setting written by a set of its own
+    admin.set_number(rd, "acme", "15550001000", members=["A"], when_nobody="queue")
+    admin.set_number(rd, "acme", "15550001000", queue_max_wait_s=300)
+    admin.set_number(rd, "acme", "15550001000", reply_timeout_s=45)
+    # Then the number has all three, and export prints them
+    assert config_redis.read_number(rd, "acme", "15550001000") == NumberConfig(
+        members=["A"], when_nobody="queue", queue_max_wait_s=300, reply_timeout_s=45
+    )
+    exported = cli("export").out
+    assert 'when_nobody = "queue"\nqueue_max_wait_s = 300\nreply_timeout_s = 45\n' in exported
+    # When they are turned off again, export leaves them out: the file is what it was before
+    admin.set_number(
+        rd, "acme", "15550001000", when_nobody="admin", queue_max_wait_s=0, reply_timeout_s=0
+    )
+    assert config_redis.read_number(rd, "acme", "15550001000") == NumberConfig(members=["A"])
+    exported = cli("export").out
+    assert "when_nobody" not in exported and "wait" not in exported and "timeout" not in exported
+
+
+@pytest.mark.parametrize(("stored", "read"), [("queue", "queue"), ("admin", "admin"),
+                                              ("Queue", "admin"), ("", "admin")])  # fmt: skip
+def test_a_hand_written_when_nobody_reads_as_the_worker_reads_it(
+    rd: Any, stored: str, read: str
+) -> None:
+    admin.set_number(rd, "acme", "15550001000", members=["A"])
+    rd.hset(keys.number("acme", "15550001000"), "when_nobody", stored)
+
+    config = config_redis.read_number(rd, "acme", "15550001000")
+    assert config is not None and config.when_nobody == read
+
+
 @pytest.mark.parametrize(
     ("stored", "read"), [("7", 7), ("0", 0), ("-3", 0), ("seven", 0), ("9" * 30, 0)]
 )
@@ -511,6 +553,13 @@ def test_a_hand_written_capacity_that_is_no_whole_number_reads_as_off(
         ("[accounts.acme.numbers.15550001000]\ncapacity = true\n", 2, "whole number"),
         ("[accounts.acme.numbers.15550001000]\ncapacity = 4294967296\n", 2, "whole number"),
         ("[accounts.acme.numbers.15550001000]\n\n\nowner_online_only = 1\n", 4, "true or false"),
+        ('[accounts.acme.numbers.15550001000]\nwhen_nobody = "nobody"\n', 2, '"admin" or "queue"'),
+        ("[accounts.acme.numbers.15550001000]\n\nwhen_nobody = true\n", 3, '"admin" or "queue"'),
+        ('[accounts.acme.numbers.15550001000]\nwhen_nobody = "QUEUE"\n', 2, '"admin" or "queue"'),
+        ("[accounts.acme.numbers.15550001000]\nqueue_max_wait_s = -1\n", 2, "whole number"),
+        ('[accounts.acme.numbers.15550001000]\nqueue_max_wait_s = "60"\n', 2, "whole number"),
+        ("[accounts.acme.numbers.15550001000]\n\nreply_timeout_s = 1.5\n", 3, "whole number"),
+        ("[accounts.acme.numbers.15550001000]\nreply_timeout_s = 4294967296\n", 2, "whole number"),
     ],
 )
 def test_conversation_settings_are_checked_at_their_line(
@@ -518,6 +567,7 @@ def test_conversation_settings_are_checked_at_their_line(
 ) -> None:
     result = cli("apply", str(write(tmp_path, body)))
     assert result.code == 2
-    assert f"rota.toml:{line}:" in result.err
-    assert complaint in result.err
+    [said] = result.err.splitlines()
+    assert f"rota.toml:{line}:" in said
+    assert complaint in said
     assert rd.keys("*") == []

@@ -144,7 +144,36 @@ def test_stats_show_streams_pending_dead_letters_and_the_account(
         "eligible_now": ["A"],
         "next": {"user": "A", "reason": "round_robin"},
         "cursor": 3,  # A, then B skipped and A again
+        "queue": 0,
+        "oldest_wait_ms": None,
     }
+    assert (account["queue"], account["oldest_wait_ms"]) == (0, None)
+    assert stats["queues"] == {}  # nobody waits anywhere
+
+
+def test_stats_show_each_accounts_queue_and_its_oldest_wait(cli: Any, rd: Any) -> None:
+    # Given customers waiting on two numbers of acme (the oldest for 8 s), none on beta's
+    now = server_ms(rd)
+    for number, waits in (("15550001000", [3000, 1000]), ("15550002000", [8000])):
+        admin.set_number(rd, "acme", number, members=["A"], when_nobody="queue")
+        for i, wait in enumerate(waits):
+            customer = f"44770090000{i}"
+            rd.rpush(keys.queue("acme", number), customer)
+            rd.hset(keys.queued("acme", number), customer, now - wait)
+    admin.set_number(rd, "beta", "15550003000", members=["B"], when_nobody="queue")
+    # When an operator asks for stats, of everything and of acme
+    stats, of_acme = cli("stats"), cli("stats", "acme")
+    waited = server_ms(rd) - now
+    # Then only acme has customers waiting: three, the oldest for 8 s
+    assert list(stats["queues"]) == ["acme"]
+    assert stats["queues"]["acme"]["queue"] == 3
+    assert 8000 <= stats["queues"]["acme"]["oldest_wait_ms"] <= 8000 + waited
+    account = of_acme["account"]
+    assert account["queue"] == 3
+    assert 8000 <= account["oldest_wait_ms"] <= 8000 + waited
+    numbers = account["numbers"]
+    assert (numbers["15550001000"]["queue"], numbers["15550002000"]["queue"]) == (2, 1)
+    assert 3000 <= numbers["15550001000"]["oldest_wait_ms"] <= 3000 + waited
 
 
 def test_stats_before_any_worker_ran(cli: Any, rd: Any) -> None:

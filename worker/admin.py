@@ -6,6 +6,7 @@ worker.config_redis, each command's writes in one MULTI/EXEC.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -46,6 +47,9 @@ def set_number(
     admin: str | None = None,
     capacity: int | None = None,
     owner_online_only: bool | None = None,
+    when_nobody: str | None = None,
+    queue_max_wait_s: int | None = None,
+    reply_timeout_s: int | None = None,
 ) -> list[str]:
     """Changes what is given, keeps the rest, atomically (worker.config_redis); new numbers get
     assign_unknown and online_only on. Returns warnings: members that access leaves out."""
@@ -57,6 +61,9 @@ def set_number(
         admin,
         capacity=capacity,
         owner_online_only=owner_online_only,
+        when_nobody=when_nobody,
+        queue_max_wait_s=queue_max_wait_s,
+        reply_timeout_s=reply_timeout_s,
     )
     config_redis.set_number(client, account, number, change)
     state = load_number(client, account, number)
@@ -88,13 +95,42 @@ def load_number(client: Any, account: str, number: str) -> rules.NumberState:
         presence_ttl_ms=account_config.presence_ttl_s * 1000,
         now_ms=clock.server_ms(client),
         load=open_counts(client, account, number),
+        queue_when_nobody=config.when_nobody == "queue",
+        queue_max_wait_ms=config.queue_max_wait_s * 1000,
+        reply_timeout_ms=config.reply_timeout_s * 1000,
     )
+    state.queue, state.queued_at = waiting(client, account, number)
     users = rules.expand(members, groups)
     state.presence = presence.statuses(client, account, users)
     if users and state.presence_ttl_ms:
         heard = client.hmget(keys.heard(account), users)
-        state.heard = {u: config_redis.whole(t) for u, t in zip(users, heard, strict=True) if t}
+        state.heard = {
+            u: t for u, t in zip(users, map(config_redis.unix_ms, heard), strict=True) if t
+        }
     return state
+
+
+def waiting(client: Any, account: str, number: str) -> tuple[list[str], dict[str, int]]:
+    """The number's queue, oldest first, and when each of its customers was queued (unix ms),
+    read in one MULTI. Each customer once, and only with a readable time, so that the model's
+    queue and times agree (one edited by hand would otherwise never leave the model's queue)."""
+    pipe = client.pipeline(transaction=True)
+    pipe.lrange(keys.queue(account, number), 0, -1)
+    pipe.hgetall(keys.queued(account, number))
+    queue, stored = pipe.execute()
+    queued_at: dict[str, int] = {}
+    for customer in queue:
+        at = config_redis.unix_ms(stored.get(customer))
+        if at is not None:
+            queued_at.setdefault(customer, at)
+    return list(queued_at), queued_at
+
+
+def oldest_wait_ms(state: rules.NumberState) -> int | None:
+    """How long the queue's first customer has waited; None when nobody waits (or its time
+    cannot be read)."""
+    queued_at = state.queued_at.get(state.queue[0]) if state.queue else None
+    return None if queued_at is None else max(0, state.now_ms - queued_at)
 
 
 def show_number(client: Any, account: str, number: str) -> dict[str, Any] | None:
@@ -103,7 +139,10 @@ def show_number(client: Any, account: str, number: str) -> dict[str, Any] | None
     if config is None:
         return None
     state = load_number(client, account, number)
-    next_choice = rules.decide(state, customer="")
+    # A new message is decided after the queue is served: waiting customers come first.
+    ahead = copy.deepcopy(state)
+    rules.serve_queue(ahead)
+    next_choice = rules.decide(ahead, customer="")
     today = chats.today(client, account, state.now_ms)
     open_now, full = state.load, rules.at_capacity(state)
     return {
@@ -114,6 +153,9 @@ def show_number(client: Any, account: str, number: str) -> dict[str, Any] | None
             "online_only": state.online_only,
             "capacity": config.capacity,
             "owner_online_only": config.owner_online_only,
+            "when_nobody": config.when_nobody,
+            "queue_max_wait_s": config.queue_max_wait_s,
+            "reply_timeout_s": config.reply_timeout_s,
             "presence_ttl_s": state.presence_ttl_ms // 1000,
             "admin": config.admin,
             "effective_admin": state.admin,
@@ -128,6 +170,8 @@ def show_number(client: Any, account: str, number: str) -> dict[str, Any] | None
         "known_customers": client.hlen(keys.owners(account, number)),
         "open": open_now,  # open conversations per user on this number
         "at_capacity": full,
+        "queue": len(state.queue),  # customers waiting for a user (when_nobody = queue)
+        "oldest_wait_ms": oldest_wait_ms(state),
         # New chats today (UTC) per user of the rotation, on all the account's numbers.
         "chats_today": {user: today.get(user, 0) for user in rules.rotation(state)},
     }

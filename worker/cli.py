@@ -21,6 +21,7 @@ from redis.exceptions import RedisClusterException
 
 from worker import admin, connection, dead, embedded, partitions, words
 from worker.client import Refused, Rota
+from worker.config import WHEN_NOBODY
 from worker.settings import Settings
 
 
@@ -102,6 +103,23 @@ def build_parser() -> Parser:
         "--capacity", type=_whole, metavar="N", help="open conversations per user; 0: no limit"
     )
     number_set.add_argument("--owner-online-only", action=argparse.BooleanOptionalAction)
+    number_set.add_argument(
+        "--when-nobody",
+        choices=WHEN_NOBODY,
+        help="nobody eligible: the admin gets the chat, or it waits in the queue",
+    )
+    number_set.add_argument(
+        "--queue-max-wait",
+        type=_whole,
+        metavar="S",
+        help="seconds a queued chat waits before the admin gets it; 0: no limit",
+    )
+    number_set.add_argument(
+        "--reply-timeout",
+        type=_whole,
+        metavar="S",
+        help="seconds a user has to reply before the chat moves on; 0: off",
+    )
     number_set.set_defaults(run=cmd_number_set)
     number_show = number.add_parser("show", help="settings, eligible users, who is next")
     number_show.add_argument("account", type=ACCOUNT)
@@ -300,6 +318,7 @@ def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
 
     client = connection.connect(settings, decode=True)
     shown = stats.streams(client, settings)
+    shown["queues"] = stats.waiting(client)
     shown["redis"] = redis_setup.describe(client)
     if settings.webhook_url:
         from worker.webhook import Webhooks
@@ -331,6 +350,9 @@ def cmd_number_set(args: argparse.Namespace, settings: Settings) -> int:
         admin=args.admin,
         capacity=args.capacity,
         owner_online_only=args.owner_online_only,
+        when_nobody=args.when_nobody,
+        queue_max_wait_s=args.queue_max_wait,
+        reply_timeout_s=args.reply_timeout,
     )
     for warning in warnings:
         print(f"rota: warning: {warning}", file=sys.stderr)

@@ -135,23 +135,34 @@ class Rota:
         write_presence(self.client, _checked("account", account), _checked("user", user), canonical)
 
     def show_conversation(self, account: str, number: str, customer: str) -> dict[str, Any]:
-        """``user`` (who holds it while open, else the owner, else None), ``state`` (``open``,
-        ``closed`` or ``none``), ``replied``, ``reply_deadline`` (unix ms or None) and
-        ``tried`` (the users who held it since it opened), read in one MULTI."""
+        """``user`` (who holds it while open, else, unless it is queued, the owner, else
+        None), ``state`` (``queued``, ``open``, ``closed`` or ``none``), ``replied``,
+        ``reply_deadline`` (unix ms while open and not replied, else None) and ``tried`` (the
+        users who held it since it opened), read in one MULTI."""
         account, number = _checked("account", account), _checked("number", number)
         customer = _checked("customer", customer)
         pipe = self.client.pipeline(transaction=True)
         pipe.hget(keys.open_conversations(account, number), customer)
         pipe.hget(keys.owners(account, number), customer)
         pipe.hget(keys.replied(account, number), customer)
-        holder, owner, replied = (None if v is None else _text(v) for v in pipe.execute())
-        state = "open" if holder is not None else "closed" if owner is not None else "none"
+        pipe.hexists(keys.queued(account, number), customer)
+        pipe.hget(keys.tried(account, number), customer)
+        pipe.zscore(keys.timers(account), f"{number}:{customer}")
+        *texts, queued, tried, due = pipe.execute()
+        holder, owner, replied = (None if v is None else _text(v) for v in texts)
+        if queued:
+            state = "queued"
+        else:
+            state = "open" if holder is not None else "closed" if owner is not None else "none"
+        is_replied = replied == "1"
+        deadline = int(due) if state == "open" and not is_replied and due is not None else None
         return {
-            "user": holder if holder is not None else owner,
+            "user": holder if holder is not None or queued else owner,
             "state": state,
-            "replied": replied == "1",
-            "reply_deadline": None,  # no reply timers yet
-            "tried": [holder] if holder is not None else [],
+            "replied": is_replied,
+            "reply_deadline": deadline,
+            # Stored once a second user held it (a reply timeout, a transfer); else the holder.
+            "tried": (_text(tried).split(",") if tried else [holder]) if holder is not None else [],
         }
 
     # --- Helpers -------------------------------------------------------------------------------

@@ -14,6 +14,9 @@
     online_only = true                      # left out: true
     capacity = 5                            # left out: 0 (off)
     owner_online_only = true                # left out: false
+    when_nobody = "queue"                   # left out: "admin"
+    queue_max_wait_s = 600                  # left out: 0 (none)
+    reply_timeout_s = 120                   # left out: 0 (off)
     admin = "boss2"                         # left out: the account's admin
 
 ``parse`` checks all of a file and names the line of the first error; ``render`` writes the
@@ -40,8 +43,13 @@ NUMBER_KEYS = (
     "online_only",
     "capacity",
     "owner_online_only",
+    "when_nobody",
+    "queue_max_wait_s",
+    "reply_timeout_s",
     "admin",
 )
+# What rule 4 does when nobody is eligible: give the chat to the admin, or let it wait.
+WHEN_NOBODY = ("admin", "queue")
 # The largest whole-number setting (seconds, a capacity): far beyond any real one, and small
 # enough that the script's arithmetic on it (seconds to milliseconds) stays exact.
 MAX_WHOLE = 2**31 - 1
@@ -57,6 +65,9 @@ class NumberConfig:
     online_only: bool = True
     capacity: int = 0  # open conversations per user on the number; 0: no limit
     owner_online_only: bool = False
+    when_nobody: str = "admin"  # one of WHEN_NOBODY
+    queue_max_wait_s: int = 0  # a queued conversation's wait before the admin; 0: none
+    reply_timeout_s: int = 0  # 0: off
     admin: str | None = None
 
 
@@ -144,6 +155,12 @@ def _whole(value: Any, path: Path) -> int:
     return value
 
 
+def _choice(choices: tuple[str, ...], value: Any, path: Path) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise _Invalid(path, f"must be {' or '.join(map(_string, choices))}")
+    return value
+
+
 def _config(document: dict[str, Any]) -> Config:
     top = _table(document, (), ("accounts",))
     accounts = _table(top.get("accounts", {}), ("accounts",))
@@ -187,8 +204,11 @@ def _number(value: Any, path: Path, groups: dict[str, list[str]]) -> NumberConfi
     for name in ("assign_unknown", "online_only", "owner_online_only"):
         if name in table:
             setattr(number, name, _bool(table[name], (*path, name)))
-    if "capacity" in table:
-        number.capacity = _whole(table["capacity"], (*path, "capacity"))
+    for name in ("capacity", "queue_max_wait_s", "reply_timeout_s"):
+        if name in table:
+            setattr(number, name, _whole(table[name], (*path, name)))
+    if "when_nobody" in table:
+        number.when_nobody = _choice(WHEN_NOBODY, table["when_nobody"], (*path, "when_nobody"))
     if "admin" in table:
         number.admin = _word(words.user, table["admin"], (*path, "admin"))
     return number
@@ -239,6 +259,12 @@ def render(config: Config) -> str:
                 lines.append(f"capacity = {number.capacity}")
             if number.owner_online_only:
                 lines.append("owner_online_only = true")
+            if number.when_nobody != "admin":
+                lines.append(f"when_nobody = {_string(number.when_nobody)}")
+            if number.queue_max_wait_s:
+                lines.append(f"queue_max_wait_s = {number.queue_max_wait_s}")
+            if number.reply_timeout_s:
+                lines.append(f"reply_timeout_s = {number.reply_timeout_s}")
             if number.admin:
                 lines.append(f"admin = {_string(number.admin)}")
             lines.append("")

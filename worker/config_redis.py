@@ -37,6 +37,7 @@ from worker.connection import refusal
 from worker.keys import group_name
 
 FLAGS = ("assign_unknown", "online_only", "owner_online_only")
+WHOLES = ("capacity", "queue_max_wait_s", "reply_timeout_s")  # 0: off
 NEW_NUMBER = {"assign_unknown": "1", "online_only": "1"}  # the contract's defaults
 ACCOUNT_FIELDS = ("admin", "presence_ttl_s")
 MAX_TRIES = 100  # of one transaction whose watched keys keep changing
@@ -53,6 +54,9 @@ class NumberChange:
     admin: str | None = None
     capacity: int | None = None
     owner_online_only: bool | None = None
+    when_nobody: str | None = None
+    queue_max_wait_s: int | None = None
+    reply_timeout_s: int | None = None
 
     @classmethod
     def whole(cls, number: NumberConfig) -> NumberChange:
@@ -66,6 +70,9 @@ class NumberChange:
             number.admin,
             capacity=number.capacity or None,
             owner_online_only=number.owner_online_only or None,
+            when_nobody=number.when_nobody if number.when_nobody != "admin" else None,
+            queue_max_wait_s=number.queue_max_wait_s or None,
+            reply_timeout_s=number.reply_timeout_s or None,
         )
 
     def fields(self) -> dict[str, str]:
@@ -73,8 +80,11 @@ class NumberChange:
         given = {
             name: str(int(value)) for name in FLAGS if (value := getattr(self, name)) is not None
         }
-        if self.capacity is not None:
-            given["capacity"] = str(self.capacity)
+        given.update(
+            {name: str(value) for name in WHOLES if (value := getattr(self, name)) is not None}
+        )
+        if self.when_nobody is not None:
+            given["when_nobody"] = self.when_nobody
         if self.admin is not None:
             given["admin"] = self.admin
         return given
@@ -132,6 +142,9 @@ def _number_from(
         online_only=settings.get("online_only") != "0",
         capacity=whole(settings.get("capacity")),
         owner_online_only=settings.get("owner_online_only") == "1",
+        when_nobody=when_nobody(settings.get("when_nobody")),
+        queue_max_wait_s=whole(settings.get("queue_max_wait_s")),
+        reply_timeout_s=whole(settings.get("reply_timeout_s")),
         admin=settings.get("admin") or None,
     )
 
@@ -143,6 +156,19 @@ def whole(value: str | None) -> int:
         return 0
     number = int(value)
     return number if number <= MAX_WHOLE else 0
+
+
+def when_nobody(value: str | None) -> str:
+    """As the worker reads it: ``queue`` only as exactly that, anything else is ``admin``."""
+    return "queue" if value == "queue" else "admin"
+
+
+def unix_ms(value: str | None) -> int | None:
+    """A stored time (unix ms: a heard time, a queued-at); None when absent or no whole
+    number (written by hand)."""
+    if value is None or not value.isascii() or not value.isdigit():
+        return None
+    return int(value)
 
 
 def read_account(client: Any, account: str) -> AccountConfig:

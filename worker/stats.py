@@ -1,7 +1,7 @@
 """``rota stats``: what an operator asks first. The streams (length, pending, lag, consumers:
-each inbound partition and their total), dead letters by error, webhook deliveries and, for
-one account, each number's eligible users, next user and cursor and the chats each user got
-today."""
+each inbound partition and their total), dead letters by error, webhook deliveries, the
+accounts whose customers wait in a queue and, for one account, its queue, each number's
+eligible users, next user, cursor and queue, and the chats each user got today."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections import Counter
 from dataclasses import replace
 from typing import Any
 
-from worker import admin, backlog, chats, clock, index
+from worker import admin, backlog, chats, clock, config_redis, index, keys
 from worker.backlog import Backlog, text
 from worker.settings import Settings
 
@@ -113,8 +113,50 @@ def streams(client: Any, settings: Settings) -> dict[str, Any]:
     }
 
 
+def queues(client: Any, accounts: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Per account (the given ones, else every indexed one): ``queue``, the customers waiting
+    on all its numbers, and ``oldest_wait_ms``, how long the one queued first has waited (None
+    when nobody waits). A few pipelines for all the accounts together, whatever their number:
+    the numbers, then each queue's length and head, then (when any waits) the heads' times."""
+    wanted = sorted(client.smembers(keys.accounts()) if accounts is None else accounts)
+    pipe = client.pipeline(transaction=False)
+    for name in wanted:
+        pipe.smembers(keys.indexed_numbers(name))
+    numbers = [(a, n) for a, found in zip(wanted, pipe.execute(), strict=True) for n in found]
+    pipe = client.pipeline(transaction=False)
+    for name, number in numbers:
+        pipe.llen(keys.queue(name, number))
+        pipe.lindex(keys.queue(name, number), 0)
+    replies = iter(pipe.execute())
+    shown: dict[str, dict[str, Any]] = {a: {"queue": 0, "oldest_wait_ms": None} for a in wanted}
+    heads = []
+    for name, number in numbers:
+        length, head = next(replies), next(replies)
+        shown[name]["queue"] += length
+        if head is not None:
+            heads.append((name, number, head))
+    if not heads:
+        return shown
+    pipe = client.pipeline(transaction=False)
+    for name, number, head in heads:
+        pipe.hget(keys.queued(name, number), head)
+    now_ms = clock.server_ms(client)
+    for (name, _, _), stored in zip(heads, pipe.execute(), strict=True):
+        queued_at = config_redis.unix_ms(stored)  # None: served meanwhile, or edited by hand
+        if queued_at is not None:
+            waited, oldest = max(0, now_ms - queued_at), shown[name]["oldest_wait_ms"]
+            shown[name]["oldest_wait_ms"] = waited if oldest is None else max(oldest, waited)
+    return shown
+
+
+def waiting(client: Any) -> dict[str, dict[str, Any]]:
+    """The accounts with customers waiting, as ``queues`` shows them."""
+    return {name: queue for name, queue in queues(client).items() if queue["queue"]}
+
+
 def account(client: Any, account_name: str) -> dict[str, Any]:
-    """One account: chats per user today and, per number, who is eligible and next."""
+    """One account: its queue, chats per user today and, per number, who is eligible and
+    next and its queue."""
     now_ms = clock.server_ms(client)  # the day the workers count on
     numbers = {}
     found = sorted(index.names(client, [account_name]).get(account_name, {}).get("number", ()))
@@ -125,9 +167,12 @@ def account(client: Any, account_name: str) -> dict[str, Any]:
                 "eligible_now": shown["eligible_now"],
                 "next": shown["next"],
                 "cursor": shown["cursor"],
+                "queue": shown["queue"],
+                "oldest_wait_ms": shown["oldest_wait_ms"],
             }
     return {
         "account": account_name,
+        **queues(client, [account_name])[account_name],
         "day": chats.day(now_ms),
         "chats_today": chats.today(client, account_name, now_ms),
         "numbers": numbers,
