@@ -13,7 +13,7 @@ from tests.helpers import given_a_partitioned_backlog, given_number, given_prese
 from tests.ops import sample, scrape
 from tests.redis_server import RedisServer, free_port
 from worker import admin
-from worker.metrics import BatchHistogram, Metrics, StreamGauges
+from worker.metrics import BatchHistogram, Metrics, QueueGauges, StreamGauges
 from worker.runner import Runner
 from worker.settings import Settings
 
@@ -136,3 +136,29 @@ def test_latency_buckets_count_values_at_or_below_each_bound() -> None:
     counts = {s.labels.get("le"): s.value for s in family.samples if s.name == "h_bucket"}
     assert counts == {"0.1": 2, "1.0": 3, "+Inf": 4}
     assert next(s.value for s in family.samples if s.name == "h_sum") == 2.65
+
+
+def test_queue_gauges_and_waits_follow_the_waiting_queue(
+    rd: Any, rb: Any, settings: Settings
+) -> None:
+    # Given a number that queues when nobody is available, and two customers waiting
+    given_number(rd, ["alice"], when_nobody="queue")
+    given_presence(rd, alice="away")
+    metrics = Metrics()
+    metrics.watch(QueueGauges(rd))
+    runner = Runner(rb, settings, structlog.get_logger(), metrics=metrics)
+    for customer in ("447700900001", "447700900002"):
+        send(rd, settings, customer)
+    runner.run(burst=True)
+    value = metrics.registry.get_sample_value
+    # Then the gauges count them, and no wait was observed yet
+    assert value("rota_queue_length", {"account": "acme"}) == 2
+    assert value("rota_queue_oldest_wait_seconds", {"account": "acme"}) >= 0
+    assert value("rota_queue_wait_seconds_count") == 0
+    # When alice comes back and a sweep serves the queue
+    given_presence(rd, alice="available")
+    Runner(rb, settings, structlog.get_logger(), metrics=metrics).run(burst=True)
+    # Then both waits are observed and nobody waits any more
+    assert value("rota_queue_wait_seconds_count") == 2
+    assert value("rota_decisions_total", {"reason": "round_robin"}) == 2
+    assert value("rota_queue_length", {"account": "acme"}) == 0

@@ -232,13 +232,14 @@ def build_parser() -> Parser:
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from worker.log import logger, redacted_url
-    from worker.metrics import Metrics, StreamGauges
+    from worker.metrics import Metrics, QueueGauges, StreamGauges
     from worker.runner import Runner, handle_signals
 
     log = logger(settings)
     client = connection.connect(settings, blocking=True)
     metrics = Metrics()
     metrics.watch(StreamGauges(client, settings))
+    metrics.watch(QueueGauges(connection.connect(settings, decode=True)))
     runner = Runner(client, settings, log, metrics=metrics)
     if runner.webhooks is not None:
         from worker.webhook import WebhookGauges

@@ -18,7 +18,7 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Met
 from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 
-from worker import backlog
+from worker import backlog, keys, stats
 from worker.record import REASONS, Record
 from worker.settings import Settings
 
@@ -88,6 +88,34 @@ class StreamGauges(Collector):
         yield GaugeMetricFamily(*up, 1)
         yield from _backlog_gauges(streams)
         yield GaugeMetricFamily("rota_dead_stream_length", "entries on the dead stream", dead)
+
+
+class QueueGauges(Collector):
+    """Per account with timers (``rota:swept``), the customers waiting and how long the oldest
+    has, asked of Redis at scrape time (worker.stats.queues: a few round trips in all)."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client  # a decoding one
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            accounts = sorted(self._client.smembers(keys.swept_accounts()))
+            shown = stats.queues(self._client, accounts)
+        except RedisError:
+            return  # rota_redis_up says so
+        length = GaugeMetricFamily(
+            "rota_queue_length", "conversations waiting for a user", labels=["account"]
+        )
+        oldest = GaugeMetricFamily(
+            "rota_queue_oldest_wait_seconds",
+            "how long the conversation queued first has waited (0: nobody waits)",
+            labels=["account"],
+        )
+        for account, queue in shown.items():
+            length.add_metric([account], queue["queue"])
+            oldest.add_metric([account], (queue["oldest_wait_ms"] or 0) / 1000)
+        yield length
+        yield oldest
 
 
 def _backlog_gauges(streams: Sequence[backlog.Backlog]) -> Iterator[Metric]:
