@@ -380,7 +380,9 @@ local function readNumber(j, positions, customers)
   num.queue = {before = waiting, items = {}, count = waiting, head = 1, live = waiting,
     poppedBefore = 0, removedBefore = {}, removedLater = {}, changed = false}
   num.places = num.rebuilt and num.rebuilt.rotation or {} -- L by place + 1, as far as read
-  num.chunk = math.min(CHUNK, #positions)
+  -- At least one place: a call with only the sweep's queue entry has no positions, and a
+  -- chunk of 0 would read LRANGE p p-1 (nothing; at place 0, all of L) and walk past users.
+  num.chunk = math.min(CHUNK, math.max(#positions, waiting, 1))
   num.load, num.loadDelta, num.mayUse = {}, {}, {}
   num.eligible = nil -- every eligible place, ascending, once all of L is read
   num.step = 0
