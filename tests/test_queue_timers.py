@@ -345,7 +345,8 @@ def test_queued_customer_gets_the_first_user_who_becomes_eligible(
     [move] = moved(rd, settings, C1)
     a_move_from_the_queue(move, C1, case.user)
     assert (queue_of(rd), queued_at(rd), queue_mark(rd)) == ([], {}, None)
-    assert (holders(rd)[C1], owners(rd)[C1], open_counts(rd)[case.user]) == (case.user,) * 2 + (1,)
+    user = case.user
+    assert (holders(rd)[C1], owners(rd)[C1], open_counts(rd)[user]) == (user, user, 1)
     the_events_agree_with_the_state(rd, settings)
 
 
