@@ -60,6 +60,14 @@ class Settings(BaseSettings):
     webhook_backoff_s: int = Field(2, ge=0)  # the first retry's wait; each next one doubles
     webhook_timeout_s: float = Field(10.0, gt=0)
 
+    # The HTTP side (rota serve)
+    http_addr: str = "127.0.0.1"
+    http_port: int = Field(8080, ge=0, le=65535)
+    api_token: SecretStr | None = None  # required for /api and the console
+    whatsapp_app_secret: SecretStr | None = None  # required for POST /whatsapp
+    whatsapp_verify_token: SecretStr | None = None  # required for GET /whatsapp
+    http_max_body_bytes: int = Field(1024 * 1024, ge=1024)  # a request body past it: 413
+
     @field_validator("log_level")
     @classmethod
     def _known_level(cls, value: str) -> str:

@@ -1,0 +1,7 @@
+"""(being written: see the issue)"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter()
