@@ -893,3 +893,28 @@ def test_queue_and_timers_decide_as_the_rules_model_on_a_controlled_clock(
         assert {u: int(t) for u, t in rd.hgetall(keys.heard(ACCOUNT)).items()} == shared_heard
         sent_before.extend((m, d) for m, d in batch if d.new and m.kind not in SWEEP)
     link.close()
+
+
+def test_a_call_of_only_the_queue_entry_serves_the_queue_from_any_cursor(rd: Any, rb: Any) -> None:
+    """The shortest case the property test found: a sweep's queue entry alone in its call,
+    the rotation compiled before and the cursor past place 0 (the call read no place of L)."""
+    admin.set_number(rd, ACCOUNT, NUMBER, members=["ann", "bob"])
+    rd.hset(keys.number(ACCOUNT, NUMBER), "when_nobody", "queue")
+    rd.set(keys.cursor(ACCOUNT, NUMBER), 1)
+    assigner, link, now = (
+        Assigner(Scripts(rb), dedup_window_s=86_400),
+        transport(rb),
+        1_800_000_000_000,
+    )
+    customer = MANY_CUSTOMERS[0]
+    waiting = assigner.decide(link, [Message(f"{now}-0", ACCOUNT, NUMBER, customer, "m0")], now)
+    assert waiting == [Decision("", "queued", now)]
+    rd.hset(keys.presence(ACCOUNT), "bob", "available")
+
+    served = assigner.decide_batch(link, [Message("", ACCOUNT, NUMBER, "", "", "queue")], now + 100)
+
+    assert [(m.customer, m.user, m.reason, m.waited_ms) for m in served.moves] == [
+        (customer, "bob", "round_robin", 100)
+    ]
+    assert rd.llen(keys.queue(ACCOUNT, NUMBER)) == 0
+    link.close()
