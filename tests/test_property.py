@@ -10,10 +10,10 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from worker import admin, keys, rules
-from worker.assign import Assigner, Decision
+from worker.assign import Assigner, Decision, sent_ms
 from worker.clock import local_ms as now_ms
 from worker.connection import transport
-from worker.messages import Message
+from worker.messages import SWEEP, Message
 from worker.scripts import Scripts
 
 ACCOUNT, NUMBER = "acme", "15550001000"
@@ -522,4 +522,399 @@ def test_conversations_decide_as_the_rules_model(
             assert set(rd.hkeys(keys.replied(ACCOUNT, number_id))) == state.replied, step_no
         assert {u: int(t) for u, t in rd.hgetall(keys.heard(ACCOUNT)).items()} == shared_heard
         sent_before.extend((m, d) for m, d in batch if d.new)
+    link.close()
+
+
+# --- The waiting queue and the timers, on a controlled clock (ARGV now) -------------------
+
+HOLDER = "(holder)"  # whoever holds the conversation in the model when the entry comes
+QUEUE_ENTRIES = {
+    "message": st.tuples(st.just("message"), st.sampled_from(NUMBERS), customers),
+    "closed": st.tuples(st.just("closed"), st.sampled_from(NUMBERS), customers),
+    "transfer": st.tuples(
+        st.just("transfer"),
+        st.sampled_from(NUMBERS),
+        customers,
+        st.sampled_from([*CONVERSATION_USERS, "dee", HOLDER]),
+    ),
+    # Mostly the holder's reply, which stops the reply timer.
+    "replied": st.tuples(
+        st.just("replied"),
+        st.sampled_from(NUMBERS),
+        customers,
+        st.sampled_from([*CONVERSATION_USERS, HOLDER, HOLDER, HOLDER]),
+    ),
+    "heartbeat": st.tuples(st.just("heartbeat"), st.sampled_from(CONVERSATION_USERS)),
+    # A timer: mostly of a customer with a deadline, the clock moved to it ("due"); sometimes
+    # one not due yet ("early"), or any customer, with a timer or not ("anyone").
+    "timer": st.tuples(
+        st.just("timer"),
+        st.sampled_from(NUMBERS),
+        st.integers(0, 20),
+        st.sampled_from(["due"] * 4 + ["early", "anyone"]),
+    ),
+    "queue": st.tuples(st.just("queue"), st.sampled_from(NUMBERS)),
+    "again": st.tuples(st.just("again"), st.integers(0, 60)),
+}
+QUEUE_KINDS = [
+    *["message"] * 6, *["closed", "replied", "timer"] * 2, "transfer", "heartbeat", "queue",
+    "again",
+]  # fmt: skip
+queue_entries = st.sampled_from(QUEUE_KINDS).flatmap(QUEUE_ENTRIES.__getitem__)
+QUEUE_STEPS = {
+    "batch": st.tuples(
+        st.just("batch"),
+        st.lists(st.tuples(queue_entries, st.integers(0, 2_500)), min_size=1, max_size=12),
+        st.integers(0, 999),  # how far past the latest due timer the clock moves
+    ),
+    # What a worker's sweep sends: every timer due after the clock moved, and every queue.
+    "sweep": st.tuples(st.just("sweep"), st.integers(0, 2_500)),
+    "clock": st.tuples(st.just("clock"), st.integers(0, 2_500)),
+    # Plain statuses (the odd ones are the tests' above): users come and go often.
+    "presence": st.tuples(
+        st.just("presence"),
+        st.sampled_from(CONVERSATION_USERS),
+        st.sampled_from(["available", "available", "available", "away", "unavailable", None]),
+    ),
+    "when_nobody": st.tuples(
+        st.just("when_nobody"), st.sampled_from(NUMBERS), st.sampled_from(["queue", "admin"])
+    ),
+}
+QUEUE_STEP_KINDS = ["batch"] * 4 + ["sweep", "presence"] * 2 + ["clock", "when_nobody"]
+queue_steps = st.lists(
+    st.sampled_from(QUEUE_STEP_KINDS).flatmap(QUEUE_STEPS.__getitem__), min_size=8, max_size=30
+)
+queue_numbers = st.fixed_dictionaries(
+    {
+        "members": st.permutations(["ann", "bob", "cy", "dee"]).map(lambda u: u[:3]),
+        "online_only": st.sampled_from([True, True, True, False]),
+        "cursor": st.integers(0, 5),
+        "admin": st.sampled_from([None, None, "night-boss", "cy"]),  # cy: an admin in L
+        "capacity": st.sampled_from([0, 1, 1, 2]),  # at capacity, everyone: the queue fills
+        "owner_online_only": st.booleans(),
+        "when_nobody": st.sampled_from(["queue", "queue", "admin"]),
+        "queue_max_wait_s": st.sampled_from([0, 1, 2]),
+        "reply_timeout_s": st.sampled_from([0, 1, 1, 2]),
+    }
+)
+
+# A move as compared: number, customer, user, reason, previous, event_id, after, waited_ms.
+MoveSeen = tuple[str, str, str, str, str, str, int, int | None]
+
+
+def given_queue_number(
+    rd: Any, number_id: str, number: dict[str, Any], account_admin: str | None
+) -> rules.NumberState:
+    admin.set_number(
+        rd,
+        ACCOUNT,
+        number_id,
+        members=number["members"],
+        online_only=number["online_only"],
+        capacity=number["capacity"],
+        owner_online_only=number["owner_online_only"],
+    )
+    settings_ = {
+        "when_nobody": number["when_nobody"],
+        "queue_max_wait_s": number["queue_max_wait_s"],
+        "reply_timeout_s": number["reply_timeout_s"],
+        **({"admin": number["admin"]} if number["admin"] else {}),
+    }
+    rd.hset(keys.number(ACCOUNT, number_id), mapping=settings_)
+    if number["cursor"]:
+        rd.set(keys.cursor(ACCOUNT, number_id), number["cursor"])
+    return rules.NumberState(
+        members=list(number["members"]),
+        online_only=number["online_only"],
+        admin=number["admin"] or account_admin,
+        cursor=number["cursor"],
+        capacity=number["capacity"],
+        owner_online_only=number["owner_online_only"],
+        queue_when_nobody=number["when_nobody"] == "queue",
+        queue_max_wait_ms=number["queue_max_wait_s"] * 1000,
+        reply_timeout_ms=number["reply_timeout_s"] * 1000,
+    )
+
+
+def timers_at(
+    states: dict[str, rules.NumberState], entries: list[tuple[Any, ...]], now: int, lag: int
+) -> tuple[list[tuple[Any, ...]], int]:
+    """Each timer entry with its customer, from the model's deadlines as the batch starts, and
+    the batch's clock: ``lag`` ms past the latest deadline of a "due" timer, if later."""
+    resolved, latest = [], None
+    for entry in entries:
+        if entry[0][0] != "timer":
+            resolved.append(entry)
+            continue
+        (_, number_id, pick, mode), ago = entry
+        deadlines = sorted(states[number_id].deadlines.items(), key=lambda kv: (kv[1], kv[0]))
+        if mode == "anyone" or not deadlines:
+            customer = MANY_CUSTOMERS[pick % len(MANY_CUSTOMERS)]
+        else:
+            customer, due = deadlines[pick % len(deadlines)]
+            if mode == "due":
+                latest = due if latest is None else max(latest, due)
+        event(f"queue timer {mode}{'' if deadlines else ' (no deadline)'}")
+        resolved.append((("timer", number_id, customer), ago))
+    return resolved, now if latest is None else max(now, latest + lag)
+
+
+def sweep_entries(states: dict[str, rules.NumberState], now: int) -> list[tuple[Any, ...]]:
+    """A sweep's batch: the timers due by ``now`` in the timers zset's order (deadline, then
+    member), a number's queue as its member "NUMBER" (score 0) comes first."""
+    due = [
+        (deadline, member) for member, deadline in model_timers(states).items() if deadline <= now
+    ]
+    entries: list[tuple[Any, ...]] = []
+    for _, member in sorted(due):
+        number_id, _, customer = member.partition(":")
+        entry = ("timer", number_id, customer) if customer else ("queue", number_id)
+        entries.append((entry, 0))
+    event(f"queue sweep of {min(len(entries), 3)}{'+' if len(entries) > 3 else ''}")
+    return entries
+
+
+def call_numbers(entries: list[tuple[Message, Any]]) -> list[str]:
+    """The numbers of one account's call, in order of first appearance (heartbeats have none)."""
+    return list(dict.fromkeys(message.number for message, _ in entries if message.number))
+
+
+def model_queue_batch(
+    states: dict[str, rules.NumberState],
+    entries: list[tuple[Any, ...]],
+    sent_before: list[tuple[Message, Decision]],
+    step_no: int,
+    now: int,
+    ttl_on: bool,
+    events: itertools.count[int],
+) -> tuple[list[tuple[Message, Decision]], list[MoveSeen]]:
+    """The batch's entries with the outcome each must get, and the moves, by the model called
+    exactly where decide.lua serves the queue."""
+    # Every entry's message first: a heartbeat serves the queue of every number of the call,
+    # one whose first entry comes after the heartbeat too. Then the model, in batch order.
+    batch: list[tuple[Message, Any]] = []
+    for entry_no, (entry, ago) in enumerate(entries):
+        kind, sent = entry[0], now - ago
+        inbound_id, message_id = f"{sent}-{step_no * 100 + entry_no}", f"q{step_no}.{entry_no}"
+        if kind == "again":
+            if sent_before:
+                message, decided = sent_before[entry[1] % len(sent_before)]
+                batch.append((message, dataclasses.replace(decided, new=False)))
+        elif kind == "heartbeat":
+            batch.append((Message(inbound_id, ACCOUNT, "", "", message_id, kind, entry[1]), entry))
+        elif kind in SWEEP:
+            customer = entry[2] if kind == "timer" else ""
+            batch.append((Message("", ACCOUNT, entry[1], customer, "", kind), entry))
+        else:
+            _, number_id, customer = entry[:3]
+            message = Message(inbound_id, ACCOUNT, number_id, customer, message_id, kind)
+            batch.append((message, (*entry, sent)))
+    numbers_ = call_numbers(batch)
+    outcomes: list[tuple[Message, Decision]] = []
+    moves: list[MoveSeen] = []
+    seen_fields: set[str] = set()
+    last_sent = -1  # the batch position of the last entry sent to the script
+
+    def moved(
+        number_id: str, given: list[rules.Move], after: int, waiting: dict[str, int], why: str
+    ) -> None:
+        for move in given:
+            waited = now - waiting[move.customer] if move.customer in waiting else None
+            event_id = f"{ACCOUNT}:{next(events)}"
+            customer, user, reason, previous = move.customer, move.user, move.reason, move.previous
+            moves.append((number_id, customer, user, reason, previous, event_id, after, waited))
+            event(f"queue move {move.reason} by {why}")
+
+    for entry_no, (message, entry) in enumerate(batch):
+        if isinstance(entry, Decision):  # an entry of an earlier batch again: no change
+            if message.dedup_field not in seen_fields:  # else the Assigner does not send it
+                seen_fields.add(message.dedup_field)
+                last_sent = entry_no
+            outcomes.append((message, entry))
+            continue
+        kind = entry[0]
+        if kind == "heartbeat":
+            rules.heard(states[NUMBER], entry[1], sent_ms(message.inbound_id))
+            if ttl_on:
+                for number_id in numbers_:
+                    waiting = dict(states[number_id].queued_at)
+                    moved(number_id, rules.serve_queue(states[number_id]), entry_no, waiting, kind)
+            outcomes.append((message, Decision("", kind, now)))
+            last_sent = entry_no
+            seen_fields.add(message.dedup_field)
+            continue
+        number_id = entry[1]
+        state = states[number_id]
+        waiting = dict(state.queued_at)
+        user, reason, previous, event_id = "", kind, "", ""
+        if kind == "message":
+            choice, served = rules.message(state, entry[2])
+            moved(number_id, served, last_sent, waiting, kind)
+            user, reason = choice.user, choice.reason
+        elif kind == "closed":
+            moved(number_id, rules.close(state, entry[2]), entry_no, waiting, kind)
+        elif kind == "transfer":
+            user = entry[3] if entry[3] != HOLDER else state.open.get(entry[2], "dee")
+            event_id = f"{ACCOUNT}:{next(events)}"
+            previous, served = rules.transfer(state, entry[2], user)
+            moved(number_id, served, entry_no, waiting, kind)
+            message = dataclasses.replace(message, user=user)
+        elif kind == "replied":
+            replier = entry[3] if entry[3] != HOLDER else state.open.get(entry[2], "ann")
+            message = dataclasses.replace(message, user=replier)
+            served = rules.replied(state, entry[2], replier, entry[4])
+            moved(number_id, served, entry_no, waiting, kind)
+        elif kind == "timer":
+            moved(number_id, rules.timer(state, entry[2]), entry_no, waiting, kind)
+        else:  # queue
+            moved(number_id, rules.serve_queue(state), entry_no, waiting, kind)
+        event(f"queue entry {reason}")
+        outcomes.append((message, Decision(user, reason, now, True, previous, event_id)))
+        if kind not in SWEEP:
+            seen_fields.add(message.dedup_field)
+        last_sent = entry_no
+    return outcomes, moves
+
+
+def stored_timers(rd: Any) -> dict[str, int]:
+    return {m: int(s) for m, s in rd.zrange(keys.timers(ACCOUNT), 0, -1, withscores=True)}
+
+
+def model_timers(states: dict[str, rules.NumberState]) -> dict[str, int]:
+    timers: dict[str, int] = {}
+    for number_id, state in states.items():
+        timers.update({f"{number_id}:{c}": due for c, due in state.deadlines.items()})
+        if state.queue:
+            timers[number_id] = 0
+    return timers
+
+
+def assert_stored_as_model(rd: Any, states: dict[str, rules.NumberState], step_no: int) -> None:
+    for number_id, state in states.items():
+        where = (step_no, number_id)
+        assert stored_cursor(rd, number_id) == state.cursor, where
+        assert rd.hgetall(keys.owners(ACCOUNT, number_id)) == state.owners, where
+        assert rd.hgetall(keys.open_conversations(ACCOUNT, number_id)) == state.open, where
+        stored_load = {
+            u: int(n) for u, n in rd.hgetall(keys.open_counts(ACCOUNT, number_id)).items()
+        }
+        assert {u: n for u, n in stored_load.items() if n} == {
+            u: n for u, n in state.load.items() if n
+        }, where
+        assert set(rd.hkeys(keys.replied(ACCOUNT, number_id))) == state.replied, where
+        assert rd.lrange(keys.queue(ACCOUNT, number_id), 0, -1) == state.queue, where
+        stored_queued = {c: int(t) for c, t in rd.hgetall(keys.queued(ACCOUNT, number_id)).items()}
+        assert stored_queued == state.queued_at, where
+        stored_tried = {
+            c: users.split(",") for c, users in rd.hgetall(keys.tried(ACCOUNT, number_id)).items()
+        }
+        assert stored_tried == state.tried, where
+    assert stored_timers(rd) == model_timers(states), step_no
+
+
+@settings(
+    deadline=None,
+    max_examples=300,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    first=queue_numbers,
+    second=queue_numbers,
+    account_admin=st.sampled_from([None, "boss"]),
+    presence=st.dictionaries(st.sampled_from(CONVERSATION_USERS), statuses),
+    ttl_s=st.sampled_from([0, 0, 1, 2]),
+    steps=queue_steps,
+)
+def test_queue_and_timers_decide_as_the_rules_model_on_a_controlled_clock(
+    rd: Any,
+    rb: Any,
+    first: dict[str, Any],
+    second: dict[str, Any],
+    account_admin: str | None,
+    presence: dict[str, str | None],
+    ttl_s: int,
+    steps: list[tuple[Any, ...]],
+) -> None:
+    rb.flushdb()
+    if account_admin:
+        admin.set_account(rd, ACCOUNT, account_admin)
+    rd.hset(keys.account_settings(ACCOUNT), "presence_ttl_s", ttl_s)
+    states = {
+        NUMBER: given_queue_number(rd, NUMBER, first, account_admin),
+        OTHER_NUMBER: given_queue_number(rd, OTHER_NUMBER, second, account_admin),
+    }
+    shared_heard: dict[str, int] = {}
+    for state in states.values():
+        state.presence_ttl_ms, state.heard = ttl_s * 1000, shared_heard
+    states[OTHER_NUMBER].presence = states[NUMBER].presence  # one account, one presence
+    for user, status in presence.items():
+        set_presence(rd, states[NUMBER], user, status)
+    assigner, link = Assigner(Scripts(rb), dedup_window_s=86_400), transport(rb)
+    now, events, moves_so_far = 1_800_000_000_000, itertools.count(1), 0
+    sent_before: list[tuple[Message, Decision]] = []
+    for step_no, step in enumerate(steps):
+        if step[0] == "clock":
+            now += step[1]
+            continue
+        if step[0] == "presence":
+            set_presence(rd, states[NUMBER], step[1], step[2])
+            continue
+        if step[0] == "when_nobody":
+            rd.hset(keys.number(ACCOUNT, step[1]), "when_nobody", step[2])
+            states[step[1]].queue_when_nobody = step[2] == "queue"
+            continue
+        if step[0] == "sweep":
+            now += step[1]
+            entries = sweep_entries(states, now)
+        else:
+            entries, now = timers_at(states, step[1], now, step[2])
+        for state in states.values():
+            state.now_ms = now
+        batch, expected_moves = model_queue_batch(
+            states, entries, sent_before, step_no, now, ttl_s > 0, events
+        )
+        if not batch:  # nothing due, or only repeats with nothing sent before: no call
+            continue
+        decided = assigner.decide_batch(link, [m for m, _ in batch], now)
+
+        assert decided.outcomes == [d for _, d in batch], step_no
+        assert [getattr(o, "new", None) for o in decided.outcomes] == [d.new for _, d in batch]
+        seen = [
+            (m.number, m.customer, m.user, m.reason, m.previous, m.event_id, m.after, m.waited_ms)
+            for m in decided.moves
+        ]
+        assert seen == expected_moves, step_no
+        assert all(m.at == now for m in decided.moves), step_no
+        moves_so_far += len(expected_moves)
+        assert rd.xlen(keys.outbox(ACCOUNT)) == moves_so_far, step_no
+        timed = bool(model_timers(states)) or moves_so_far > 0
+        assert decided.timed == ({ACCOUNT} if timed else set()), step_no
+        assert_stored_as_model(rd, states, step_no)
+        assert {u: int(t) for u, t in rd.hgetall(keys.heard(ACCOUNT)).items()} == shared_heard
+        sent_before.extend((m, d) for m, d in batch if d.new and m.kind not in SWEEP)
+    link.close()
+
+
+def test_a_call_of_only_the_queue_entry_serves_the_queue_from_any_cursor(rd: Any, rb: Any) -> None:
+    """The shortest case the property test found: a sweep's queue entry alone in its call,
+    the rotation compiled before and the cursor past place 0 (the call read no place of L)."""
+    admin.set_number(rd, ACCOUNT, NUMBER, members=["ann", "bob"])
+    rd.hset(keys.number(ACCOUNT, NUMBER), "when_nobody", "queue")
+    rd.set(keys.cursor(ACCOUNT, NUMBER), 1)
+    assigner, link, now = (
+        Assigner(Scripts(rb), dedup_window_s=86_400),
+        transport(rb),
+        1_800_000_000_000,
+    )
+    customer = MANY_CUSTOMERS[0]
+    waiting = assigner.decide(link, [Message(f"{now}-0", ACCOUNT, NUMBER, customer, "m0")], now)
+    assert waiting == [Decision("", "queued", now)]
+    rd.hset(keys.presence(ACCOUNT), "bob", "available")
+
+    served = assigner.decide_batch(link, [Message("", ACCOUNT, NUMBER, "", "", "queue")], now + 100)
+
+    assert [(m.customer, m.user, m.reason, m.waited_ms) for m in served.moves] == [
+        (customer, "bob", "round_robin", 100)
+    ]
+    assert rd.llen(keys.queue(ACCOUNT, NUMBER)) == 0
     link.close()
