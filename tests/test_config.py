@@ -571,3 +571,174 @@ def test_conversation_settings_are_checked_at_their_line(
     assert f"rota.toml:{line}:" in said
     assert complaint in said
     assert rd.keys("*") == []
+
+
+# --- whatsapp_phone_number_id: the number's id at Meta, listed in rota:whatsapp ---------------
+
+PHONE_ID, OTHER_ID = "106540352242922", "106540352249999"
+WHATSAPP = f"""\
+# Rota configuration: `rota apply FILE` writes it, `rota export` prints it.
+
+[accounts.acme]
+
+[accounts.acme.numbers.15550001000]
+members = ["A"]
+access = []
+assign_unknown = true
+online_only = true
+whatsapp_phone_number_id = "{PHONE_ID}"
+
+[accounts.acme.numbers.15550002000]
+members = ["B"]
+access = []
+assign_unknown = true
+online_only = true
+"""
+
+
+def listed(rd: Any) -> dict[str, str]:
+    return dict(rd.hgetall(keys.whatsapp_numbers()))
+
+
+def test_number_set_lists_changes_and_removes_the_whatsapp_phone_number_id(
+    cli: Any, rd: Any
+) -> None:
+    # When the id is set, it is a setting of the number and listed for the webhook
+    number = ("number", "set", "acme", "+1 555 000 1000")
+    assert cli(*number, "--members", "A", "--whatsapp-phone-number-id", PHONE_ID).code == 0
+    shown = json.loads(cli("number", "show", "acme", "15550001000").out)
+    assert shown["settings"]["whatsapp_phone_number_id"] == PHONE_ID
+    assert listed(rd) == {PHONE_ID: "acme 15550001000"}
+    # When it changes, the old id is no longer listed; other settings stay
+    assert cli(*number, "--whatsapp-phone-number-id", OTHER_ID).code == 0
+    assert listed(rd) == {OTHER_ID: "acme 15550001000"}
+    assert rd.lrange(keys.members("acme", "15550001000"), 0, -1) == ["A"]
+    # When it is removed ("" ), the number has none and nothing is listed
+    assert cli(*number, "--whatsapp-phone-number-id", "").code == 0
+    assert "whatsapp_phone_number_id" not in rd.hgetall(keys.number("acme", "15550001000"))
+    assert listed(rd) == {}
+    shown = json.loads(cli("number", "show", "acme", "15550001000").out)
+    assert shown["settings"]["whatsapp_phone_number_id"] is None
+
+
+def test_an_id_another_number_has_is_refused_and_nothing_is_written(cli: Any, rd: Any) -> None:
+    admin.set_number(rd, "acme", "15550001000", members=["A"], whatsapp_phone_number_id=PHONE_ID)
+    before = rd.hgetall(keys.number("beta", "15550001000"))
+    result = cli("number", "set", "beta", "15550001000", "--members", "B",
+                 "--whatsapp-phone-number-id", PHONE_ID)  # fmt: skip
+    assert result.code == 2
+    [said] = result.err.splitlines()
+    assert said == (
+        f"rota: error: whatsapp_phone_number_id {PHONE_ID} is already account acme number "
+        "15550001000's; remove it there first"
+    )
+    assert rd.hgetall(keys.number("beta", "15550001000")) == before == {}
+    assert listed(rd) == {PHONE_ID: "acme 15550001000"}
+
+
+def test_an_id_listed_for_a_number_that_lost_it_may_be_set_elsewhere(rd: Any) -> None:
+    # Given an id still listed for a number that no longer has it (a crash between the two
+    # writes, or a hand edit)
+    admin.set_number(rd, "acme", "15550001000", members=["A"], whatsapp_phone_number_id=PHONE_ID)
+    rd.hdel(keys.number("acme", "15550001000"), "whatsapp_phone_number_id")
+    # Then another number may take it
+    admin.set_number(rd, "beta", "15550001000", members=["B"], whatsapp_phone_number_id=PHONE_ID)
+    assert listed(rd) == {PHONE_ID: "beta 15550001000"}
+
+
+@pytest.mark.parametrize("given", ["abc", "+106540352242922", "1" * 65, " "])
+def test_an_id_that_is_not_digits_is_bad_input(cli: Any, rd: Any, given: str) -> None:
+    result = cli("number", "set", "acme", "15550001000", "--whatsapp-phone-number-id", given)
+    assert result.code == 2
+    assert "must be 1-64 digits" in result.err
+    assert rd.keys("*") == []
+
+
+def test_the_id_round_trips_through_apply_and_export(cli: Any, rd: Any, tmp_path: Path) -> None:
+    assert cli("apply", str(write(tmp_path, WHATSAPP))).code == 0
+    assert listed(rd) == {PHONE_ID: "acme 15550001000"}
+    assert cli("export").out == WHATSAPP
+    # A file that moves it to the other number lists it there, in either order of the numbers
+    moved = WHATSAPP.replace(f'whatsapp_phone_number_id = "{PHONE_ID}"\n', "")
+    moved += f'whatsapp_phone_number_id = "{PHONE_ID}"\n'
+    assert cli("apply", str(write(tmp_path, moved))).code == 0
+    assert listed(rd) == {PHONE_ID: "acme 15550002000"}
+    assert cli("export").out == moved
+    assert cli("apply", str(write(tmp_path, WHATSAPP))).code == 0
+    assert listed(rd) == {PHONE_ID: "acme 15550001000"}
+
+
+def test_apply_moves_an_id_between_accounts_in_either_order(
+    cli: Any, rd: Any, tmp_path: Path
+) -> None:
+    admin.set_number(rd, "acme", "15550001000", members=["A"], whatsapp_phone_number_id=PHONE_ID)
+    beta_first = f"""\
+[accounts.beta.numbers.15550009000]
+members = ["Z"]
+whatsapp_phone_number_id = "{PHONE_ID}"
+
+[accounts.acme.numbers.15550001000]
+members = ["A"]
+"""
+    assert cli("apply", str(write(tmp_path, beta_first))).code == 0
+    assert listed(rd) == {PHONE_ID: "beta 15550009000"}
+    config = config_redis.read_number(rd, "acme", "15550001000")
+    assert config is not None and config.whatsapp_phone_number_id is None
+
+
+def test_apply_refuses_an_id_a_number_outside_the_file_has_writing_nothing(
+    cli: Any, rd: Any, tmp_path: Path
+) -> None:
+    admin.set_number(rd, "beta", "15550009000", members=["Z"], whatsapp_phone_number_id=PHONE_ID)
+    result = cli("apply", str(write(tmp_path, WHATSAPP)))
+    assert result.code == 2
+    assert f"{PHONE_ID} is already account beta number 15550009000's" in result.err
+    assert rd.exists(keys.number("acme", "15550001000")) == 0
+    assert listed(rd) == {PHONE_ID: "beta 15550009000"}
+
+
+def test_apply_with_prune_unlists_the_id_of_a_pruned_number(
+    cli: Any, rd: Any, tmp_path: Path
+) -> None:
+    assert cli("apply", str(write(tmp_path, WHATSAPP))).code == 0
+    only_second = WHATSAPP[: WHATSAPP.index("[accounts.acme.numbers.15550001000]")]
+    only_second += WHATSAPP[WHATSAPP.index("[accounts.acme.numbers.15550002000]") :]
+    assert cli("apply", "--prune", str(write(tmp_path, only_second))).code == 0
+    assert listed(rd) == {}
+
+
+def test_a_file_that_gives_one_id_to_two_numbers_names_the_second(
+    cli: Any, rd: Any, tmp_path: Path
+) -> None:
+    twice = WHATSAPP + f'whatsapp_phone_number_id = "{PHONE_ID}"\n'
+    result = cli("apply", str(write(tmp_path, twice)))
+    assert result.code == 2
+    [said] = result.err.splitlines()
+    assert f"rota.toml:{twice.count(chr(10))}:" in said
+    assert "is already the id of account acme 15550001000" in said
+    assert rd.keys("*") == []
+
+
+def test_a_file_whose_id_is_not_a_digit_string_names_its_line(
+    cli: Any, rd: Any, tmp_path: Path
+) -> None:
+    for value in ("106540352242922", '"ab12"'):
+        body = f"[accounts.acme.numbers.15550001000]\n\nwhatsapp_phone_number_id = {value}\n"
+        result = cli("apply", str(write(tmp_path, body)))
+        assert result.code == 2
+        assert "rota.toml:3:" in result.err
+    assert rd.keys("*") == []
+
+
+def test_reindex_lists_ids_written_by_hand_and_unlists_stale_ones(cli: Any, rd: Any) -> None:
+    admin.set_number(rd, "acme", "15550001000", members=["A"], whatsapp_phone_number_id=PHONE_ID)
+    admin.set_number(rd, "acme", "15550002000", members=["B"])
+    # Given the id taken off by hand, and another written by hand
+    rd.hdel(keys.number("acme", "15550001000"), "whatsapp_phone_number_id")
+    rd.hset(keys.number("acme", "15550002000"), "whatsapp_phone_number_id", OTHER_ID)
+    result = cli("reindex")
+    assert (result.code, result.out) == (
+        0,
+        "indexed: accounts 1, numbers 2, groups 0, whatsapp ids 1\n",
+    )
+    assert listed(rd) == {OTHER_ID: "acme 15550002000"}

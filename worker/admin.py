@@ -50,9 +50,12 @@ def set_number(
     when_nobody: str | None = None,
     queue_max_wait_s: int | None = None,
     reply_timeout_s: int | None = None,
+    whatsapp_phone_number_id: str | None = None,
 ) -> list[str]:
     """Changes what is given, keeps the rest, atomically (worker.config_redis); new numbers get
-    assign_unknown and online_only on. Returns warnings: members that access leaves out."""
+    assign_unknown and online_only on; a ``whatsapp_phone_number_id`` of "" removes it (one
+    that another number has raises config_redis.Conflict, writing nothing). Returns warnings:
+    members that access leaves out."""
     change = config_redis.NumberChange(
         members,
         access,
@@ -64,6 +67,7 @@ def set_number(
         when_nobody=when_nobody,
         queue_max_wait_s=queue_max_wait_s,
         reply_timeout_s=reply_timeout_s,
+        whatsapp_phone_number_id=whatsapp_phone_number_id,
     )
     config_redis.set_number(client, account, number, change)
     state = load_number(client, account, number)
@@ -159,6 +163,7 @@ def show_number(client: Any, account: str, number: str) -> dict[str, Any] | None
             "presence_ttl_s": state.presence_ttl_ms // 1000,
             "admin": config.admin,
             "effective_admin": state.admin,
+            "whatsapp_phone_number_id": config.whatsapp_phone_number_id,
         },
         "members": state.members,
         "access": sorted(state.access),

@@ -19,7 +19,7 @@ import pydantic
 import redis
 from redis.exceptions import RedisClusterException
 
-from worker import admin, connection, dead, embedded, partitions, words
+from worker import admin, config_redis, connection, dead, embedded, partitions, words
 from worker.client import Refused, Rota
 from worker.config import WHEN_NOBODY
 from worker.settings import Settings
@@ -65,6 +65,13 @@ def _word(parse: Callable[[str], str]) -> Callable[[str], str]:
 
     convert.__name__ = parse.__name__
     return convert
+
+
+def _whatsapp_id(text: str) -> str:
+    """Meta's phone number id; empty removes it."""
+    from worker.config import whatsapp_phone_number_id
+
+    return "" if text == "" else _word(whatsapp_phone_number_id)(text)
 
 
 ACCOUNT, NUMBER, USER = _word(words.account), _word(words.phone), _word(words.user)
@@ -119,6 +126,12 @@ def build_parser() -> Parser:
         type=_whole,
         metavar="S",
         help="seconds a user has to reply before the chat moves on; 0: off",
+    )
+    number_set.add_argument(
+        "--whatsapp-phone-number-id",
+        type=_whatsapp_id,
+        metavar="ID",
+        help="the WhatsApp Cloud API's id of the number (rota serve's webhook); '': none",
     )
     number_set.set_defaults(run=cmd_number_set)
     number_show = number.add_parser("show", help="settings, eligible users, who is next")
@@ -274,7 +287,7 @@ def cmd_webhooks(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_apply(args: argparse.Namespace, settings: Settings) -> int:
-    from worker import config, config_redis
+    from worker import config
 
     try:
         text = args.file.read_text(encoding="utf-8")
@@ -297,7 +310,7 @@ def cmd_apply(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
-    from worker import config, config_redis
+    from worker import config
 
     loaded = config_redis.load(connection.connect(settings, decode=True), args.account)
     print(config.render(loaded), end="")
@@ -307,10 +320,15 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_reindex(args: argparse.Namespace, settings: Settings) -> int:
     from worker import index
 
-    found = index.rebuild(connection.connect(settings, decode=True))
+    client = connection.connect(settings, decode=True)
+    found = index.rebuild(client)
     numbers = sum(len(kinds["number"]) for kinds in found.values())
     groups = sum(len(kinds["group"]) for kinds in found.values())
-    print(f"indexed: accounts {len(found)}, numbers {numbers}, groups {groups}")
+    listed = config_redis.rebuild_whatsapp(
+        client, {account: kinds["number"] for account, kinds in found.items()}
+    )
+    whatsapp = f", whatsapp ids {listed}" if listed else ""
+    print(f"indexed: accounts {len(found)}, numbers {numbers}, groups {groups}{whatsapp}")
     return 0
 
 
@@ -354,6 +372,7 @@ def cmd_number_set(args: argparse.Namespace, settings: Settings) -> int:
         when_nobody=args.when_nobody,
         queue_max_wait_s=args.queue_max_wait,
         reply_timeout_s=args.reply_timeout,
+        whatsapp_phone_number_id=args.whatsapp_phone_number_id,
     )
     for warning in warnings:
         print(f"rota: warning: {warning}", file=sys.stderr)
@@ -492,7 +511,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings()
         code: int = args.run(args, settings)
         return code
-    except (BadInput, Refused) as bad:  # Refused: what the worker would only dead-letter
+    # Refused: what the worker would only dead-letter; Conflict: an id another number has
+    except (BadInput, Refused, config_redis.Conflict) as bad:
         return _fail(2, f"error: {bad}", show_traceback)
     except pydantic.ValidationError as invalid:
         return _fail(2, f"error: {_invalid_setting(invalid)}", show_traceback)

@@ -18,6 +18,7 @@
     queue_max_wait_s = 600                  # left out: 0 (none)
     reply_timeout_s = 120                   # left out: 0 (off)
     admin = "boss2"                         # left out: the account's admin
+    whatsapp_phone_number_id = "106540352242922"  # Meta's id of it; left out: none
 
 ``parse`` checks all of a file and names the line of the first error; ``render`` writes the
 same format (``rota export``). No Redis here: worker.config_redis reads and writes it.
@@ -47,6 +48,7 @@ NUMBER_KEYS = (
     "queue_max_wait_s",
     "reply_timeout_s",
     "admin",
+    "whatsapp_phone_number_id",
 )
 # What rule 4 does when nobody is eligible: give the chat to the admin, or let it wait.
 WHEN_NOBODY = ("admin", "queue")
@@ -69,6 +71,9 @@ class NumberConfig:
     queue_max_wait_s: int = 0  # a queued conversation's wait before the admin; 0: none
     reply_timeout_s: int = 0  # 0: off
     admin: str | None = None
+    # The WhatsApp Cloud API's id of this number (metadata.phone_number_id of its webhooks):
+    # how rota serve finds the account of a delivery.
+    whatsapp_phone_number_id: str | None = None
 
 
 @dataclass
@@ -80,6 +85,18 @@ class AccountConfig:
 
 
 Config = dict[str, AccountConfig]
+
+
+_WHATSAPP_ID = re.compile(r"[0-9]{1,64}")
+
+
+def whatsapp_phone_number_id(text: str) -> str:
+    """Meta's id of a business phone number: digits (it is not the phone number itself)."""
+    if not _WHATSAPP_ID.fullmatch(text):
+        raise words.InvalidWord(
+            f"whatsapp_phone_number_id {text[:80]!r} must be 1-64 digits (Meta's phone number id)"
+        )
+    return text
 
 
 class ConfigError(ValueError):
@@ -164,10 +181,28 @@ def _choice(choices: tuple[str, ...], value: Any, path: Path) -> str:
 def _config(document: dict[str, Any]) -> Config:
     top = _table(document, (), ("accounts",))
     accounts = _table(top.get("accounts", {}), ("accounts",))
-    return {
+    config = {
         _word(words.account, name, ("accounts", name)): _account(value, ("accounts", name))
         for name, value in accounts.items()
     }
+    _one_number_per_whatsapp_id(accounts, config)
+    return config
+
+
+def _one_number_per_whatsapp_id(accounts: dict[str, Any], config: Config) -> None:
+    """A delivery names one phone_number_id: two numbers with it could not both get it."""
+    holders: dict[str, tuple[str, str]] = {}
+    for (name, account), table in zip(config.items(), accounts.values(), strict=True):
+        keys_ = table.get("numbers", {})
+        for (number, settings), key in zip(account.numbers.items(), keys_, strict=True):
+            found = settings.whatsapp_phone_number_id
+            if found is None:
+                continue
+            if found in holders:
+                first = " ".join(holders[found])
+                path = ("accounts", name, "numbers", key, "whatsapp_phone_number_id")
+                raise _Invalid(path, f"{found} is already the id of account {first}")
+            holders[found] = (name, number)
 
 
 def _account(value: Any, path: Path) -> AccountConfig:
@@ -211,6 +246,11 @@ def _number(value: Any, path: Path, groups: dict[str, list[str]]) -> NumberConfi
         number.when_nobody = _choice(WHEN_NOBODY, table["when_nobody"], (*path, "when_nobody"))
     if "admin" in table:
         number.admin = _word(words.user, table["admin"], (*path, "admin"))
+    if "whatsapp_phone_number_id" in table:
+        where = (*path, "whatsapp_phone_number_id")
+        number.whatsapp_phone_number_id = _word(
+            whatsapp_phone_number_id, table["whatsapp_phone_number_id"], where
+        )
     return number
 
 
@@ -267,6 +307,10 @@ def render(config: Config) -> str:
                 lines.append(f"reply_timeout_s = {number.reply_timeout_s}")
             if number.admin:
                 lines.append(f"admin = {_string(number.admin)}")
+            if number.whatsapp_phone_number_id:
+                lines.append(
+                    f"whatsapp_phone_number_id = {_string(number.whatsapp_phone_number_id)}"
+                )
             lines.append("")
     return "\n".join(lines)
 

@@ -20,6 +20,14 @@ compiles exactly those); nothing else moves it (admins and flags are read by eac
 ``apply`` writes account after account, in the file's order, and stops at the first that
 fails (``ApplyFailed`` says which were written). Cursors, owners and presence are state, not
 configuration: nothing here writes them.
+
+A number's ``whatsapp_phone_number_id`` is also listed in ``rota:whatsapp`` (id -> ``ACCOUNT
+NUMBER``), where the webhook looks a delivery's account up. That hash is in a Cluster slot of its
+own, so it cannot share the account's transaction: the id is listed just before the transaction
+that sets it, and an id the number no longer has is unlisted just after (only while it still
+names that number). So the list never misses an id a number has; after a crash in between it
+may name a number for an id it lost, until that id is set elsewhere or ``rota reindex`` runs.
+An id another number still has is refused (``Conflict``), before anything is written.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from worker.connection import refusal
 from worker.keys import group_name
 
 FLAGS = ("assign_unknown", "online_only", "owner_online_only")
+WHATSAPP_ID = "whatsapp_phone_number_id"
 WHOLES = ("capacity", "queue_max_wait_s", "reply_timeout_s")  # 0: off
 NEW_NUMBER = {"assign_unknown": "1", "online_only": "1"}  # the contract's defaults
 ACCOUNT_FIELDS = ("admin", "presence_ttl_s")
@@ -57,6 +66,7 @@ class NumberChange:
     when_nobody: str | None = None
     queue_max_wait_s: int | None = None
     reply_timeout_s: int | None = None
+    whatsapp_phone_number_id: str | None = None  # "": removed
 
     @classmethod
     def whole(cls, number: NumberConfig) -> NumberChange:
@@ -73,6 +83,7 @@ class NumberChange:
             when_nobody=number.when_nobody if number.when_nobody != "admin" else None,
             queue_max_wait_s=number.queue_max_wait_s or None,
             reply_timeout_s=number.reply_timeout_s or None,
+            whatsapp_phone_number_id=number.whatsapp_phone_number_id,
         )
 
     def fields(self) -> dict[str, str]:
@@ -87,12 +98,18 @@ class NumberChange:
             given["when_nobody"] = self.when_nobody
         if self.admin is not None:
             given["admin"] = self.admin
+        if self.whatsapp_phone_number_id:
+            given[WHATSAPP_ID] = self.whatsapp_phone_number_id
         return given
 
     @property
     def compiled(self) -> bool:
         """Whether it writes what the script compiles (so the version moves)."""
         return self.members is not None or self.access is not None
+
+
+class Conflict(ValueError):
+    """A ``whatsapp_phone_number_id`` that another number has: nothing was written."""
 
 
 class ApplyFailed(redis.RedisError):
@@ -146,6 +163,7 @@ def _number_from(
         queue_max_wait_s=whole(settings.get("queue_max_wait_s")),
         reply_timeout_s=whole(settings.get("reply_timeout_s")),
         admin=settings.get("admin") or None,
+        whatsapp_phone_number_id=settings.get(WHATSAPP_ID) or None,
     )
 
 
@@ -232,19 +250,39 @@ def set_group(client: Any, account: str, name: str, users: Sequence[str]) -> Non
 
 
 def set_number(client: Any, account: str, number: str, change: NumberChange) -> None:
-    """Merges the change into the number; a new number gets the contract's defaults."""
+    """Merges the change into the number; a new number gets the contract's defaults. Raises
+    Conflict, writing nothing, when the change's whatsapp_phone_number_id is another number's."""
     settings = keys.number(account, number)
+    given = change.whatsapp_phone_number_id
+    before = client.hget(settings, WHATSAPP_ID) if given is not None else None
+    if given:
+        _refuse_conflicts(client, {given: (account, number)})
+        _list_whatsapp_ids(client, {given: (account, number)})
 
     def queue(pipe: Any, lengths: dict[str, int]) -> None:
         _queue_number(pipe, account, number, change, new=lengths[settings] == 0)
 
     _transact(client, account, [settings], queue, change.compiled)
+    if before and before != given:
+        _unlist_whatsapp_id(client, before, account, number)
 
 
 def apply(client: Any, config: Config, prune: bool = False) -> None:
     """Writes each account as the configuration says, one transaction each, in order; with
     ``prune`` also removes the account's groups and numbers it leaves out. Raises ApplyFailed
     at the first account that fails: the ones before it are written, it and the rest not."""
+    claims = {
+        found: (account, number)
+        for account, wanted in config.items()
+        for number, settings in wanted.numbers.items()
+        if (found := settings.whatsapp_phone_number_id)
+    }
+
+    def rewritten(account: str, number: str) -> bool:
+        """Whether this apply writes the number (so its id is the file's) or may prune it."""
+        return account in config and (prune or number in config[account].numbers)
+
+    _refuse_conflicts(client, claims, rewritten)
     written: list[str] = []
     for account, wanted in config.items():
         try:
@@ -272,7 +310,21 @@ def _apply_account(client: Any, account: str, wanted: AccountConfig, prune: bool
         _queue_prune(pipe, account, stale_groups, stale_numbers)
 
     compiled = bool(wanted.groups or wanted.numbers or stale_groups or stale_numbers)
+    replaced = sorted({*wanted.numbers, *stale_numbers})
+    before = _whatsapp_ids(client, account, replaced)
+    _list_whatsapp_ids(
+        client,
+        {
+            found: (account, number)
+            for number, settings in wanted.numbers.items()
+            if (found := settings.whatsapp_phone_number_id)
+        },
+    )
     _transact(client, account, [keys.account_settings(account)], queue, compiled)
+    for number, old in before.items():
+        kept = wanted.numbers.get(number)
+        if kept is None or kept.whatsapp_phone_number_id != old:
+            _unlist_whatsapp_id(client, old, account, number)
 
 
 def _transact(
@@ -360,6 +412,8 @@ def _queue_number(pipe: Any, account: str, number: str, change: NumberChange, ne
     fields = {**NEW_NUMBER, **change.fields()} if new else change.fields()
     if fields:
         pipe.hset(keys.number(account, number), mapping=fields)
+    if change.whatsapp_phone_number_id == "":
+        pipe.hdel(keys.number(account, number), WHATSAPP_ID)
     for key, entries, write in (
         (keys.members(account, number), change.members, pipe.rpush),
         (keys.access(account, number), change.access, pipe.sadd),
@@ -385,3 +439,108 @@ def _queue_prune(pipe: Any, account: str, groups: set[str], numbers: set[str]) -
             keys.allowed(account, number),
             keys.compiled(account, number),
         )
+
+
+# --- rota:whatsapp: phone_number_id -> the number that has it -------------------------------
+
+
+def whatsapp_accounts(client: Any, phone_number_ids: Collection[str]) -> dict[str, str]:
+    """phone_number_id -> the account of the number that has it, for the ids listed (one
+    HMGET), from a decoding client."""
+    wanted = list(phone_number_ids)
+    if not wanted:
+        return {}
+    found = client.hmget(keys.whatsapp_numbers(), wanted)
+    return {
+        phone_number_id: owner.partition(" ")[0]
+        for phone_number_id, owner in zip(wanted, found, strict=True)
+        if owner
+    }
+
+
+def _owner(account: str, number: str) -> str:
+    return f"{account} {number}"
+
+
+def _whatsapp_ids(client: Any, account: str, numbers: Sequence[str]) -> dict[str, str]:
+    """number -> its whatsapp_phone_number_id, for those of ``numbers`` that have one."""
+    if not numbers:
+        return {}
+    pipe = client.pipeline(transaction=False)
+    for number in numbers:
+        pipe.hget(keys.number(account, number), WHATSAPP_ID)
+    found = pipe.execute()
+    return {number: value for number, value in zip(numbers, found, strict=True) if value}
+
+
+def _refuse_conflicts(
+    client: Any,
+    claims: Mapping[str, tuple[str, str]],
+    rewritten: Callable[[str, str], bool] = lambda account, number: False,
+) -> None:
+    """Raises Conflict when an id claimed for one number is listed for another that still has
+    it (and that is not ``rewritten`` by the same write, which says what its id becomes)."""
+    if not claims:
+        return
+    ids = list(claims)
+    listed = client.hmget(keys.whatsapp_numbers(), ids)
+    others = {
+        phone_number_id: (account, number)
+        for phone_number_id, owner in zip(ids, listed, strict=True)
+        if owner and owner != _owner(*claims[phone_number_id])
+        for account, _, number in [owner.partition(" ")]
+        if not rewritten(account, number)
+    }
+    if not others:
+        return
+    pipe = client.pipeline(transaction=False)
+    for account, number in others.values():
+        pipe.hget(keys.number(account, number), WHATSAPP_ID)
+    for (phone_number_id, (account, number)), has in zip(
+        others.items(), pipe.execute(), strict=True
+    ):
+        if has == phone_number_id:
+            raise Conflict(
+                f"whatsapp_phone_number_id {phone_number_id} is already account {account} "
+                f"number {number}'s; remove it there first"
+            )
+
+
+def _list_whatsapp_ids(client: Any, claims: Mapping[str, tuple[str, str]]) -> None:
+    """Before the transaction that sets them."""
+    if claims:
+        mapping = {found: _owner(*owner) for found, owner in claims.items()}
+        client.hset(keys.whatsapp_numbers(), mapping=mapping)
+
+
+def _unlist_whatsapp_id(client: Any, phone_number_id: str, account: str, number: str) -> None:
+    """After the transaction that took the id off the number: removes its entry if it still
+    names that number (another may have been given the id meanwhile)."""
+    key, owner = keys.whatsapp_numbers(), _owner(account, number)
+    with client.pipeline(transaction=True) as pipe:
+        for _ in range(MAX_TRIES):
+            try:
+                pipe.watch(key)
+                if pipe.hget(key, phone_number_id) != owner:
+                    return
+                pipe.multi()
+                pipe.hdel(key, phone_number_id)
+                pipe.execute()
+                return
+            except redis.WatchError:
+                continue
+
+
+def rebuild_whatsapp(client: Any, numbers: Mapping[str, Collection[str]]) -> int:
+    """``rota reindex``: lists the id of each of the given numbers (account -> numbers) and
+    unlists each listed id whose number no longer has it. Returns how many ids are listed."""
+    claims: dict[str, tuple[str, str]] = {}
+    for account, names in sorted(numbers.items()):
+        for number, found in _whatsapp_ids(client, account, sorted(names)).items():
+            claims[found] = (account, number)
+    _list_whatsapp_ids(client, claims)
+    for phone_number_id, owner in client.hgetall(keys.whatsapp_numbers()).items():
+        account, _, number = owner.partition(" ")
+        if client.hget(keys.number(account, number), WHATSAPP_ID) != phone_number_id:
+            _unlist_whatsapp_id(client, phone_number_id, account, number)
+    return int(client.hlen(keys.whatsapp_numbers()))

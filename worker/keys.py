@@ -157,6 +157,14 @@ def accounts() -> str:
     return f"{PREFIX}:accounts"
 
 
+def whatsapp_numbers() -> str:
+    """A WhatsApp Cloud API ``phone_number_id`` -> ``ACCOUNT NUMBER``, the number whose
+    ``whatsapp_phone_number_id`` it is: how ``rota serve`` finds a delivery's account. Written by
+    the writes of that setting (worker.config_redis); not an account's key, so in a Cluster
+    slot of its own."""
+    return f"{PREFIX}:whatsapp"
+
+
 def indexed_numbers(account: str) -> str:
     """The account's numbers that have settings (worker.index)."""
     return f"{account_prefix(account)}:numbers"
