@@ -222,6 +222,11 @@ def build_parser() -> Parser:
     )
     reindex.set_defaults(run=cmd_reindex)
 
+    serve = commands.add_parser(
+        "serve", help="the HTTP side: the WhatsApp webhook, the API, the console"
+    )
+    serve.set_defaults(run=cmd_serve)
+
     stats = commands.add_parser("stats", help="streams, pending, dead letters, chats today")
     stats.add_argument("account", type=ACCOUNT, nargs="?", help="also this account's numbers")
     stats.set_defaults(run=cmd_stats)
@@ -276,6 +281,12 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         if server is not None:
             server.close()
         client.close()  # the pool's connections; the runner closed its own
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.http import serve
+
+    return serve.run(settings)
 
 
 def cmd_webhooks(args: argparse.Namespace, settings: Settings) -> int:
