@@ -13,6 +13,10 @@ Parts (the machine is shared, so each figure is set against a baseline measured 
   7 conversations  capacity and presence TTL on (never reached) against the same decision off
   8 timers   reply timers and the queue on (every decision starts a timer) against off; and
              the sweep firing reply timers that are all due, per timer
+  9 webhook  signed WhatsApp deliveries of 1 message at a steady 1,000/s from a loopback client
+             (64 keep-alive connections, after 1 s of warm-up) to 1, then 2 `rota serve`
+             processes, 2 workers running: latency to the 200 and to the decision on
+             rota:assignments
 
 Run it as ``scripts/bench [--quick] [--only PART] [--json FILE]``: progress on stderr, the table
 on stdout; exit 0 when every part ran (whatever the targets say), 1 when a check failed.
@@ -24,6 +28,7 @@ import argparse
 import contextlib
 import csv
 import hashlib
+import hmac
 import itertools
 import json
 import math
@@ -53,7 +58,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.redis_server import RedisServer  # noqa: E402
+from tests.redis_server import RedisServer, free_port  # noqa: E402
 from worker import admin, keys  # noqa: E402
 from worker.assign import Assigner, Decision  # noqa: E402
 from worker.clock import local_ms as now_ms  # noqa: E402
@@ -92,10 +97,11 @@ TARGET_P99_MS = 5.0
 TARGET_PEER = 20.0  # Rota >= 20 x the client-side peer
 TARGET_SCALE = 3.0  # 1,000 members <= 3 x the time of 10
 TARGET_BYTES = 100.0  # Redis per known customer
+TARGET_WEBHOOK_P99_MS = 20.0  # POST /whatsapp to its 200, at WEBHOOK_RATE
 
 PART_NAMES = {
     "0": "null", "1": "ceiling", "2": "e2e", "3": "latency", "4": "peers", "5": "scale",
-    "6": "night", "7": "conversations", "8": "timers",
+    "6": "night", "7": "conversations", "8": "timers", "9": "webhook",
 }  # fmt: skip
 # the baselines a part's ratios are taken against
 NEEDS = {"2": ("0", "1"), "4": ("0", "1", "2")}
@@ -117,12 +123,13 @@ class Sizes:
     memory: int  # new customers decided before measuring memory (part 5)
     night: int  # messages for the night shift at full load (part 6)
     single: int  # messages decided one at a time, for each case (part 6)
+    webhook_s: float  # seconds of deliveries, for each count of rota serve processes (part 9)
 
 
 # A forking rq job costs ~50 ms on a 2-core VM, and 1,000 members may cost ~1 ms a decision
 # (they did before the rotation was compiled): those counts keep the full run within ~5 minutes.
-FULL = Sizes(200_000, 200_000, 20.0, 5_000, 1_000, 20_000, 50_000, 1_000_000, 50_000, 2_000)
-QUICK = Sizes(20_000, 20_000, 3.0, 5_000, 100, 4_000, 5_000, 50_000, 5_000, 300)
+FULL = Sizes(200_000, 200_000, 20.0, 5_000, 1_000, 20_000, 50_000, 1_000_000, 50_000, 2_000, 10.0)
+QUICK = Sizes(20_000, 20_000, 3.0, 5_000, 100, 4_000, 5_000, 50_000, 5_000, 300, 3.0)
 
 
 @dataclass
@@ -1133,11 +1140,275 @@ def part_timers(bench: Bench) -> None:
     }
 
 
+# ---------------------------------------------------------------- 9: webhook
+
+WEBHOOK_RATE = 1_000  # deliveries/s
+WEBHOOK_SECRET = "bench-app-secret"
+PHONE_NUMBER_ID = "106540352242922"
+WEBHOOK_CONNECTIONS = 64  # the client's pool: Meta too keeps several connections open
+WEBHOOK_WARMUP_S = 1.0  # sent at the same pace first, not measured: connections, first calls
+SERVE_READY = "Application startup complete"
+
+
+def webhook_body(i: int, tag: str) -> bytes:
+    """A delivery of one text message, as Meta sends it, from a new customer."""
+    customer = str(CUSTOMER_BASE + i)
+    message = {
+        "from": customer,
+        "id": f"{tag}.{i}",
+        "timestamp": "1749416383",
+        "type": "text",
+        "text": {"body": "Does it come in another color?"},
+    }
+    value = {
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": NUMBER, "phone_number_id": PHONE_NUMBER_ID},
+        "contacts": [{"profile": {"name": "Sheena Nelson"}, "wa_id": customer}],
+        "messages": [message],
+    }
+    entry = {"id": "102290129340398", "changes": [{"value": value, "field": "messages"}]}
+    return json.dumps({"object": "whatsapp_business_account", "entry": [entry]}).encode()
+
+
+@dataclass(frozen=True)
+class Sent:
+    wamid: str
+    due_ns: int  # monotonic: when the steady pace has it go
+    sent_ns: int  # when the client began to send it (later than due when the client lagged)
+    answered_ns: int
+    status: int
+
+
+def webhook_client(
+    port: int, bodies: list[tuple[str, bytes, str]], warmup: int, out: Connection
+) -> None:
+    """The loopback client's process: WEBHOOK_CONNECTIONS threads, each with one keep-alive
+    connection (http.client), sending each body at its due time on a steady pace, as Meta
+    keeps several connections open; the first ``warmup`` bodies are not measured. (httpx's
+    AsyncClient spent more CPU per request than the server did, and so fell behind the pace on
+    2 cores.)"""
+    import http.client
+
+    done: list[Sent] = []
+    lock, start = threading.Lock(), time.monotonic_ns() + 200_000_000
+    queue = iter(enumerate(bodies))
+    interval_ns = 1e9 / WEBHOOK_RATE
+
+    def send_due() -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        while True:
+            with lock:
+                i, (wamid, body, signed) = next(queue, (-1, ("", b"", "")))
+            if i < 0:
+                connection.close()
+                return
+            due = start + int(i * interval_ns)
+            wait_s = (due - time.monotonic_ns()) / 1e9
+            if wait_s > 0:
+                time.sleep(wait_s)
+            sent = time.monotonic_ns()
+            headers = {"X-Hub-Signature-256": signed, "Content-Type": "application/json"}
+            try:
+                connection.request("POST", "/whatsapp", body=body, headers=headers)
+                answer = connection.getresponse()
+                answer.read()
+                status = answer.status
+            except OSError:
+                connection.close()
+                status = 0
+            answered = time.monotonic_ns()
+            if i >= warmup:
+                with lock:
+                    done.append(Sent(wamid, due, sent, answered, status))
+
+    threads = [threading.Thread(target=send_due) for _ in range(WEBHOOK_CONNECTIONS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    out.send(sorted(done, key=lambda s: s.due_ns))
+
+
+def read_decisions(url: str, ready: MpEvent, stop: MpEvent, out: Connection) -> None:
+    """Reader process: message_id -> monotonic ns when its decision was read."""
+    client: Any = redis.Redis.from_url(url)
+    seen: dict[bytes, int] = {}
+    newest = client.xrevrange(EVENTS, count=1)
+    last: bytes | str = newest[0][0] if newest else "0-0"
+    ready.set()
+    while True:
+        reply = client.xread({EVENTS: last}, count=1000, block=50)
+        now = time.monotonic_ns()
+        if not reply:
+            if stop.is_set():
+                break
+            continue
+        for entry_id, fields in reply[0][1]:
+            seen.setdefault(fields[b"message_id"], now)
+            last = entry_id
+    out.send(seen)
+
+
+def spawn_serve(bench: Bench, count: int, port: int) -> list[Proc]:
+    env = worker_env(bench)
+    env.update(
+        ROTA_HTTP_PORT=str(port),
+        ROTA_WHATSAPP_APP_SECRET=WEBHOOK_SECRET,
+        ROTA_LOG_LEVEL="info",  # for the line that says it is up; nothing per request
+        ROTA_LOG_FORMAT="json",
+    )
+    argv = [sys.executable, "-m", "worker", "serve"]
+    procs = [spawn(bench, argv, f"serve{count}-{i}", env) for i in range(count)]
+
+    def up() -> bool:
+        for proc in procs:
+            check(proc.poll() is None, f"exit {proc.returncode}: {described(bench, proc)}")
+        return all(SERVE_READY in bench.logs[p.pid].read_text(errors="replace") for p in procs)
+
+    wait_for(up, 60, "rota serve did not start")
+    return procs
+
+
+@dataclass(frozen=True)
+class Webhook:
+    serve: int
+    sent: int
+    achieved_per_s: float
+    to_200_ms: list[float]  # in the order sent
+    to_decision_ms: list[float]
+    lag_ms: list[float]  # the client's, due to sent, sorted
+    cpu: str
+
+
+def signed_bodies(customers: range, tag: str) -> list[tuple[str, bytes, str]]:
+    """(wamid, body, X-Hub-Signature-256) of each delivery, made before the clock starts."""
+    made = []
+    for i in customers:
+        body = webhook_body(i, tag)
+        digest = hmac.new(WEBHOOK_SECRET.encode(), body, hashlib.sha256).hexdigest()
+        made.append((f"{tag}.{i}", body, f"sha256={digest}"))
+    return made
+
+
+def cpu_now(pids: Sequence[int]) -> dict[int, float]:
+    return {pid: sample[1] for pid in pids if (sample := proc_sample(pid)) is not None}
+
+
+def measure_webhook(bench: Bench, serve_count: int, offset: int, workers: list[Proc]) -> Webhook:
+    count = int(WEBHOOK_RATE * bench.sizes.webhook_s)
+    warmup = int(WEBHOOK_RATE * WEBHOOK_WARMUP_S)
+    bodies = signed_bodies(range(offset, offset + warmup + count), f"wamid.web{serve_count}")
+    port = free_port()
+    serving = spawn_serve(bench, serve_count, port)
+    log(f"9 webhook: {serve_count} x rota serve, {WEBHOOK_RATE:,}/s for {bench.sizes.webhook_s:g}s")
+    ctx = mp.get_context("fork")
+    ready, stop = ctx.Event(), ctx.Event()
+    decisions_in, decisions_out = ctx.Pipe(duplex=False)
+    sent_in, sent_out = ctx.Pipe(duplex=False)
+    reader = ctx.Process(target=read_decisions, args=(bench.server.url, ready, stop, decisions_out))
+    client = ctx.Process(target=webhook_client, args=(port, bodies, warmup, sent_out))
+    before = bench.rb.xlen(EVENTS)
+    reader.start()
+    try:
+        check(ready.wait(10), "decision reader did not start")
+        redis_before, machine_before, started = redis_cpu_s(bench.rb), machine_busy_s(), time.time()
+        serve_pids, worker_pids = [p.pid for p in serving], [p.pid for p in workers]
+        cpu_before = cpu_now([*serve_pids, *worker_pids])
+        with ProcSampler([*serve_pids, *worker_pids]) as sampled:
+            client.start()
+            check(sent_in.poll(bench.sizes.webhook_s * 10 + 60), "the webhook client hung")
+            sent: list[Sent] = sent_in.recv()
+            client.join(10)
+        seconds = time.time() - started
+        redis_used = redis_cpu_s(bench.rb) - redis_before
+        machine = machine_busy_s() - machine_before
+        wanted = before + warmup + count
+        wait_for(lambda: bench.rb.xlen(EVENTS) >= wanted, 120, "decisions missing")
+        stop.set()
+        check(decisions_in.poll(30), "decision reader sent nothing")
+        seen: dict[bytes, int] = decisions_in.recv()
+    finally:
+        for helper in (reader, client):
+            helper.join(5)
+            if helper.is_alive():
+                helper.kill()
+    refused = Counter(s.status for s in sent if s.status != 200)
+    check(not refused, f"deliveries not answered 200: {dict(refused)}")
+    missing = [s.wamid for s in sent if s.wamid.encode() not in seen]
+    check(not missing, f"{len(missing)} decisions never read, e.g. {missing[:3]}")
+    for proc in serving:
+        proc.send_signal(signal.SIGTERM)
+    wait_all(bench, serving, timeout_s=60)  # drained, exit 0
+    span_s = (sent[-1].sent_ns - sent[0].sent_ns) / 1e9
+    used = {pid: sampled.cpu_s[pid] - cpu_before.get(pid, 0.0) for pid in sampled.cpu_s}
+    cpu = f"serve {sum(used[p] for p in serve_pids):.1f} s, "
+    cpu += f"workers {sum(used[p] for p in worker_pids):.1f} s, Redis {redis_used:.1f} s, "
+    cpu += f"machine {machine:.1f} s of {seconds * (os.cpu_count() or 1):.0f}"
+    return Webhook(
+        serve_count,
+        len(sent),
+        (len(sent) - 1) / span_s if span_s else 0.0,
+        [(s.answered_ns - s.sent_ns) / 1e6 for s in sent],
+        [(seen[s.wamid.encode()] - s.sent_ns) / 1e6 for s in sent],
+        sorted((s.sent_ns - s.due_ns) / 1e6 for s in sent),
+        cpu,
+    )
+
+
+def add_webhook(bench: Bench, result: Webhook) -> None:
+    report, part = bench.report, "9 webhook"
+    to_200, to_decision = sorted(result.to_200_ms), sorted(result.to_decision_ms)
+    p50, p99, p999 = (percentile(to_200, q) for q in (0.5, 0.99, 0.999))
+    processes = "1 rota serve" if result.serve == 1 else f"{result.serve} rota serve processes"
+    figure = f"POST /whatsapp to its 200, {processes}, {WORKERS} workers, "
+    figure += f"{result.achieved_per_s:,.0f} deliveries/s ({result.sent:,})"
+    value = f"p50 {p50:.2f} / p99 {p99:.2f} / p99.9 {p999:.2f} ms"
+    goal, ok = f"p99 ≤ {TARGET_WEBHOOK_P99_MS:g} ms", p99 <= TARGET_WEBHOOK_P99_MS
+    report.judge(part, figure, value, "", goal, ok)
+    d50, d99 = (percentile(to_decision, q) for q in (0.5, 0.99))
+    report.add(
+        part, "  POST to its decision read on rota:assignments", f"p50 {d50:.2f} / p99 {d99:.2f} ms"
+    )
+    lag = f"p99 {percentile(result.lag_ms, 0.99):.2f} / worst {result.lag_ms[-1]:.1f} ms"
+    report.add(part, "  the client's lag behind the steady pace", lag)
+    report.add(part, f"  CPU used (worst 200: {to_200[-1]:.1f} ms)", result.cpu)
+
+
+def part_webhook(bench: Bench) -> None:
+    fresh(bench, 8)
+    admin.set_number(bench.rd, ACCOUNT, NUMBER, whatsapp_phone_number_id=PHONE_NUMBER_ID)
+    bench.rb.xgroup_create(INBOUND, GROUP, id="0", mkstream=True)
+    workers = spawn_workers(bench, WORKERS, burst=False, tag="webhook")
+    wait_for(lambda: workers_reading(bench, workers), 30, "workers did not start reading")
+    results = {}
+    for serve_count in (1, 2):
+        offset = (serve_count - 1) * int(WEBHOOK_RATE * (bench.sizes.webhook_s + WEBHOOK_WARMUP_S))
+        result = measure_webhook(bench, serve_count, offset, workers)
+        add_webhook(bench, result)
+        results[serve_count] = result
+    for proc in workers:
+        proc.send_signal(signal.SIGTERM)
+    wait_all(bench, workers, timeout_s=60)
+    check(bench.rb.xpending(INBOUND, GROUP)["pending"] == 0, "entries left pending")
+    owners = bench.rd.hget(keys.owners(ACCOUNT, NUMBER), str(CUSTOMER_BASE))
+    check(owners is not None, "the first customer has no owner")
+    bench.report.figures["webhook"] = {
+        n: {
+            "sent": r.sent,
+            "per_s": round(r.achieved_per_s),
+            "to_200_ms": {q: percentile(sorted(r.to_200_ms), q) for q in (0.5, 0.99, 0.999)},
+            "to_decision_ms": {q: percentile(sorted(r.to_decision_ms), q) for q in (0.5, 0.99)},
+        }
+        for n, r in results.items()
+    }
+
+
 # ---------------------------------------------------------------- running and printing
 
 PARTS: dict[str, Callable[[Bench], None]] = {
     "0": part_null, "1": part_ceiling, "2": part_e2e, "3": part_latency, "4": part_peers,
     "5": part_scale, "6": part_night, "7": part_conversations, "8": part_timers,
+    "9": part_webhook,
 }  # fmt: skip
 
 
