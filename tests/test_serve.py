@@ -14,10 +14,11 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, worker_env
+from tests.conftest import ROOT, Target, worker_env
 from tests.helpers import given_number, given_presence, wait_until
 from tests.ops import rota
 from tests.redis_server import RedisServer, free_port
@@ -162,11 +163,9 @@ def test_two_processes_share_one_port_and_both_answer(
 
 
 def test_sigterm_lets_the_request_in_flight_finish_and_exits_0(
-    serve: Callable[..., Served], redis_server: RedisServer
+    serve: Callable[..., Served], target: Target, rd: Any
 ) -> None:
-    client = redis_server.client(decode=True)
-    client.flushall()
-    served = serve(redis_server.url, free_port())
+    served = serve(target.url, free_port())
     body = delivery("wamid.in-flight")
     # Given a request whose head and half its body have arrived
     sock = socket.create_connection(("127.0.0.1", served.port), timeout=10)
@@ -184,7 +183,7 @@ def test_sigterm_lets_the_request_in_flight_finish_and_exits_0(
     sock.close()
     assert answered.startswith(b"HTTP/1.1 200"), answered
     assert served.process.wait(timeout=30) == 0, served.output()
-    assert [f["message_id"] for _, f in client.xrange("rota:inbound")] == ["wamid.in-flight"]
+    assert [f["message_id"] for _, f in rd.xrange("rota:inbound")] == ["wamid.in-flight"]
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
@@ -207,19 +206,18 @@ def test_a_body_over_the_limit_is_refused_before_it_is_all_sent(
 
 def test_a_delivery_to_rota_serve_is_decided_by_a_running_worker(
     serve: Callable[..., Served],
-    redis_server: RedisServer,
+    target: Target,
+    rd: Any,
     workers: Callable[..., subprocess.Popen[bytes]],
 ) -> None:
-    client = redis_server.client(decode=True)
-    client.flushall()
-    given_number(client, ["ann"], account="acme", number=DISPLAY, whatsapp_phone_number_id=PHONE_ID)
-    given_presence(client, account="acme", ann="available")
-    workers(redis_server.url)
-    served = serve(redis_server.url, free_port())
+    given_number(rd, ["ann"], account="acme", number=DISPLAY, whatsapp_phone_number_id=PHONE_ID)
+    given_presence(rd, account="acme", ann="available")
+    workers(target.url)
+    served = serve(target.url, free_port())
     body = delivery("wamid.end-to-end")
     assert post(served.port, body, signature(SECRET, body)) == 200
-    wait_until(lambda: bool(client.xlen("rota:assignments")), 30, "the decision")
-    [(_, decision)] = client.xrange("rota:assignments")
+    wait_until(lambda: bool(rd.xlen("rota:assignments")), 30, "the decision")
+    [(_, decision)] = rd.xrange("rota:assignments")
     assert (decision["account"], decision["user"], decision["message_id"]) == (
         "acme",
         "ann",
