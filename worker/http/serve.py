@@ -78,13 +78,14 @@ def run(settings: Settings) -> int:
     # What start-up made lives as long as the process: out of the cyclic collector's sight, so
     # its collections walk only what requests make (as the worker does).
     gc.freeze()
-    # uvicorn raises the signal that stopped it again once it has drained; this handler takes
-    # that SIGTERM, so a drained server exits 0 rather than die of it.
-    previous = signal.signal(signal.SIGTERM, _drained)
+    # uvicorn raises the signal that stopped it again once it has drained; these handlers take
+    # it, so a drained server exits 0 rather than die of it (or raise KeyboardInterrupt).
+    previous = {sig: signal.signal(sig, _drained) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         server.run(sockets=[sock])
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         sock.close()
         client.close()
     log.info("stopped")
@@ -92,7 +93,7 @@ def run(settings: Settings) -> int:
 
 
 def _drained(signum: int, _frame: FrameType | None) -> None:
-    """The SIGTERM uvicorn raises again after its graceful shutdown: nothing left to do."""
+    """The signal uvicorn raises again after its graceful shutdown: nothing left to do."""
 
 
 def _check_redis(client: Any, log: Any) -> None:
