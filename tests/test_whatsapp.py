@@ -10,11 +10,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import redis
 from starlette.exceptions import StarletteDeprecationWarning
 
 from tests.conftest import ON_SINGLE_AND_CLUSTER, make_settings
 from tests.helpers import events, given_number, given_presence, run_burst
-from tests.redis_server import free_port
+from tests.redis_server import RedisServer, free_port
+from tests.test_security import PASSWORD, acl_denials, readme_acl_line
 from worker import admin, keys, partitions
 from worker.http.app import create_app
 from worker.http.whatsapp import SIGNATURE_HEADER, signature
@@ -563,3 +565,27 @@ def test_one_decision_per_wamid_after_three_redeliveries(
     assert {next(iter(d))[0] for d in decided.values()} == {"ann", "bob"}
     assert len(events(rd, settings)) == 8
     assert rd.get(keys.cursor("acme", DISPLAY)) == "2"
+
+
+def test_the_webhook_and_its_setting_run_as_the_readmes_acl_user(
+    server_factory: Callable[..., RedisServer],
+) -> None:
+    # Given a server with only the README's rota user (the default user off)
+    server = server_factory()
+    with server.client() as owner:
+        owner.execute_command("ACL", "SETUSER", *readme_acl_line())
+        owner.execute_command("ACL", "SETUSER", "owner", "on", ">owner", "~*", "&*", "+@all")
+        owner.execute_command("ACL", "SETUSER", "default", "off")
+    url = f"redis://rota:{PASSWORD}@127.0.0.1:{server.port}/0"
+    settings = app_settings(url)
+    with redis.Redis.from_url(url, decode_responses=True) as rd:
+        # When the id is set, changed and set again, and a delivery comes in
+        admin.set_number(
+            rd, "acme", DISPLAY, members=["ann"], whatsapp_phone_number_id=OTHER_PHONE_ID
+        )
+        admin.set_number(rd, "acme", DISPLAY, whatsapp_phone_number_id=PHONE_ID)
+        with TestClient(create_app(settings, rd)) as web:
+            assert post(web, one_text()).status_code == 200
+        # Then it all worked, and Redis refused nothing
+        assert [e["account"] for e in inbound(rd, settings, "acme")] == ["acme"]
+    assert acl_denials(server) == []
