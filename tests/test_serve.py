@@ -261,3 +261,19 @@ def test_a_port_another_program_holds_exits_1_with_one_line(
     assert result.code == 1
     [said] = result.err.splitlines()
     assert "Address already in use" in said
+
+
+def test_a_redis_refusing_the_credentials_exits_1_with_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    server_factory: Callable[..., RedisServer],
+) -> None:
+    server = server_factory()
+    with server.client() as owner:
+        owner.config_set("requirepass", "the-right-one")
+    url = f"redis://:a-wrong-one@127.0.0.1:{server.port}/0"
+    result = rota(monkeypatch, capsys, url, "serve", http_port=str(free_port()))
+    assert result.code == 1
+    [said] = result.err.splitlines()
+    assert said.startswith("rota: error: redis refused: WRONGPASS"), said
+    assert "a-wrong-one" not in result.err

@@ -520,7 +520,7 @@ def test_redis_unreachable_is_503_so_meta_delivers_again() -> None:
 
 
 def test_a_message_the_worker_refuses_is_written_and_dead_lettered_visibly(
-    web: TestClient, rd: Any, rb: Any, settings: Settings
+    web: TestClient, rd: Any, rb: Any, settings: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Given acme's number, and one delivery of a good message and two the worker refuses
     given_number(rd, ["ann"], number=DISPLAY, whatsapp_phone_number_id=PHONE_ID)
@@ -530,6 +530,8 @@ def test_a_message_the_worker_refuses_is_written_and_dead_lettered_visibly(
     answer = post(web, delivery(change(messages, [])))
     # Then all three are written (200), the good one decided, the others on rota:dead
     assert answer.json() == {"written": 3}
+    warned = [line for line in capsys.readouterr().err.splitlines() if "dead-lettered" in line]
+    assert len(warned) == 2 and all("invalid_field" in line for line in warned), warned
     assert run_burst(rb, settings) == 0
     assert [(e["message_id"], e["user"]) for e in events(rd, settings)] == [("wamid.ok", "ann")]
     dead = [fields for _, fields in rd.xrange(settings.dead_stream)]

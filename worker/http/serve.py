@@ -48,10 +48,19 @@ def listening_socket(addr: str, port: int) -> socket.socket:
 def run(settings: Settings) -> int:
     log = logger(settings)
     route_stdlib("uvicorn", settings)
+    sock = listening_socket(settings.http_addr, settings.http_port)  # a held port: exit 1 now
     client = connection.connect(settings, decode=True)
-    _check_redis(client, log)
-    app = create_app(settings, client)
-    sock = listening_socket(settings.http_addr, settings.http_port)
+    try:
+        _check_redis(client, log)
+        _serve(settings, create_app(settings, client), sock, log)
+    finally:
+        sock.close()
+        client.close()
+    log.info("stopped")
+    return 0
+
+
+def _serve(settings: Settings, app: Any, sock: socket.socket, log: Any) -> None:
     host, port = sock.getsockname()[:2]
     log.info(
         "serving",
@@ -86,10 +95,6 @@ def run(settings: Settings) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        sock.close()
-        client.close()
-    log.info("stopped")
-    return 0
 
 
 def _drained(signum: int, _frame: FrameType | None) -> None:
