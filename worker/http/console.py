@@ -469,7 +469,11 @@ def live(
         account, number = words.account(account), words.phone(number)
     except words.InvalidWord as invalid:
         return _page(request, "live.html", {"problem": str(invalid)}, 400)
-    shown = _live(found, account, number)
+    try:
+        shown = _live(found, account, number)
+    except redis.RedisError as error:  # the page keeps asking: say why the view is stale
+        problem = "Not refreshed: " + (str(error).splitlines() or [type(error).__name__])[0]
+        return _page(request, "live.html", {"problem": problem}, 503)
     if shown is None:
         problem = f"account {account} number {number} has no settings"
         return _page(request, "live.html", {"problem": problem}, 404)
