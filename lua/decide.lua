@@ -380,7 +380,9 @@ local function readNumber(j, positions, customers)
   num.queue = {before = waiting, items = {}, count = waiting, head = 1, live = waiting,
     poppedBefore = 0, removedBefore = {}, removedLater = {}, changed = false}
   num.places = num.rebuilt and num.rebuilt.rotation or {} -- L by place + 1, as far as read
-  num.chunk = math.min(CHUNK, #positions)
+  -- At least one place: a call of only the number's queue entry has no positions, and the
+  -- queue may take as many places as it has customers.
+  num.chunk = math.min(CHUNK, math.max(#positions + waiting, 1))
   num.load, num.loadDelta, num.mayUse = {}, {}, {}
   num.eligible = nil -- every eligible place, ascending, once all of L is read
   num.step = 0
