@@ -183,6 +183,7 @@ def test_every_operation_answers_401_without_the_token(
             )
             assert response.status_code == 401, (method, path, response.text)
             assert response.json() == {"detail": "a bearer token (ROTA_API_TOKEN) is required"}
+            assert response.headers["www-authenticate"] == "Bearer"
     assert rd.dbsize() == before
     assert rd.xlen(settings.inbound_stream) == 0
 
@@ -257,12 +258,17 @@ def test_activity_goes_on_the_inbound_stream_in_order_and_answers_its_entry_id(
 
 
 def test_what_the_worker_would_dead_letter_is_400_and_nothing_is_written(
-    api: TestClient, rd: Any, settings: Settings
+    target: Target, rd: Any
 ) -> None:
-    response = api.post(url(CONVERSATION + "/close"), json={"message_id": "m" * 300}, headers=AUTH)
-    assert response.status_code == 400
-    assert re.fullmatch(r"invalid_field: message_id .*", response.json()["detail"]), response.text
-    assert rd.xlen(settings.inbound_stream) == 0
+    """An entry over ROTA_MAX_MESSAGE_BYTES, here its least: the worker's too_large."""
+    settings = make_settings(target.url, api_token=SecretStr(TOKEN), max_message_bytes=256)
+    with TestClient(create_app(settings, client=rd)) as api:
+        transfer = url(CONVERSATION + "/transfer")
+        response = api.post(transfer, json={"user": "bob", "message_id": "m" * 200}, headers=AUTH)
+        assert response.status_code == 400
+        assert re.fullmatch(r"too_large: \d+ bytes, limit 256", response.json()["detail"])
+        assert rd.xlen(settings.inbound_stream) == 0
+        assert api.post(transfer, json={"user": "bob"}, headers=AUTH).status_code == 202
 
 
 @pytest.mark.parametrize(
@@ -276,6 +282,11 @@ def test_what_the_worker_would_dead_letter_is_400_and_nothing_is_written(
         (CONVERSATION + "/transfer", {"user": "bob", "other": "x"}),
         (CONVERSATION + "/replied", {"user": ["bob"]}),
         (CONVERSATION + "/close", {"message_id": 7}),
+        (CONVERSATION + "/close", {"message_id": "m" * 257}),  # the worker's limit: 256 bytes
+        (CONVERSATION + "/close", {"message_id": "é"}),  # not ASCII: its bytes are no length
+        (CONVERSATION + "/close", {"message_id": "a b"}),
+        (CONVERSATION + "/close", {"message_id": ""}),
+        (CONVERSATION + "/close", {"message_id": None}),
         ("/api/v1/accounts/{account}/users/alice:x/heartbeat", None),
     ],
 )
@@ -620,6 +631,14 @@ def test_each_documented_pattern_accepts_what_its_validator_accepts(
     except ValidationError:
         matches = False
     assert matches == accepted, text
+
+
+@hypothesis.given(st.from_regex(models.STATUS_PATTERN, fullmatch=True))
+@hypothesis.settings(max_examples=200, deadline=None)
+def test_every_status_the_schema_allows_is_a_status(text: str) -> None:
+    """The schema's status is words.status's ASCII part: all of it is accepted (what else
+    words.status takes, other Unicode spaces, the API refuses with 422)."""
+    assert words.status(text) in words.STATUSES
 
 
 # --- Generated requests: schemathesis -------------------------------------------------------

@@ -55,7 +55,12 @@ class _Guarded(APIRoute):
         handle = super().get_route_handler()
 
         async def guarded(request: Request) -> Response:
-            auth.bearer(request, services(request))  # raises the 401
+            try:
+                auth.bearer(request, services(request))
+            except HTTPException as refused:  # says which scheme, as a 401 must
+                raise HTTPException(
+                    refused.status_code, refused.detail, {"WWW-Authenticate": "Bearer"}
+                ) from None
             try:
                 return await handle(request)
             except Refused as refused:

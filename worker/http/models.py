@@ -7,7 +7,7 @@ form, so generated clients and test tools know it; tests check the two agree."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal, Self
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic.json_schema import SkipJsonSchema
@@ -21,6 +21,9 @@ ACCOUNT_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 PHONE_PATTERN = r"^[+ ().-]*(?:[0-9][+ ().-]*){6,15}$"
 USER_PATTERN = r"^[A-Za-z0-9_.@+-]{1,128}$"
 MEMBER_PATTERN = r"^(?:group:[A-Za-z0-9_.-]{1,64}|[A-Za-z0-9_.@+-]{1,128})$"
+# An activity's id, in the API: visible ASCII, so that its length in characters is its length
+# in bytes and the schema states the worker's limit exactly.
+MESSAGE_ID_PATTERN = rf"^[!-~]{{1,{messages.MAX_MESSAGE_ID_BYTES}}}$"
 
 
 def _any_case(word: str) -> str:
@@ -103,6 +106,16 @@ class RequestBody(BaseModel):
     and values are taken as typed (``"5"`` is no capacity, ``1`` no flag)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
+    # Fields that take null; any other left out keeps its default, and given as null is
+    # refused (their schema shows no null: `X | Unset`).
+    nullable: ClassVar[frozenset[str]] = frozenset()
+
+    @model_validator(mode="after")
+    def _null_only_where_nullable(self) -> Self:
+        for name in sorted(self.model_fields_set - self.nullable):
+            if getattr(self, name) is None:
+                raise ValueError(f"{name} may not be null (leave it out instead)")
+        return self
 
 
 class Problem(BaseModel):
@@ -133,10 +146,10 @@ class Presence(BaseModel):
 
 
 class Activity(RequestBody):
-    message_id: str | None = Field(
+    message_id: Annotated[str, Field(pattern=MESSAGE_ID_PATTERN)] | Unset = Field(
         default=None,
-        description="the CRM's id of this activity: the same id again is the same activity "
-        "(a retry does nothing twice)",
+        description="the CRM's id of this activity, 1-256 visible ASCII characters: the same "
+        "id again is the same activity (a retry does nothing twice)",
         examples=["crm-7f3a"],
     )
 
@@ -215,7 +228,8 @@ class NumberSettingsChange(RequestBody):
     the contract's defaults for the rest (assign unknown and online only on), as `rota number
     set` does."""
 
-    # `X | Unset = None`: X in the schema, left out when absent; null only for the admin.
+    nullable = frozenset({"admin"})
+
     assign_unknown: bool | Unset = Field(default=None, description="Assign Unknown Chat")
     members: list[Member] | Unset = Field(
         default=None,
@@ -237,13 +251,6 @@ class NumberSettingsChange(RequestBody):
     when_nobody: WhenNobody | Unset = None
     queue_max_wait_s: Whole | Unset = Field(default=None, description="0: no limit")
     reply_timeout_s: Whole | Unset = Field(default=None, description="0: off", examples=[120])
-
-    @model_validator(mode="after")
-    def _null_only_for_the_admin(self) -> NumberSettingsChange:
-        for name in sorted(self.model_fields_set - {"admin"}):
-            if getattr(self, name) is None:
-                raise ValueError(f"{name} may not be null (left out, it stays as it is)")
-        return self
 
     model_config = ConfigDict(
         json_schema_extra={
