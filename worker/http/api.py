@@ -4,9 +4,9 @@ number settings of the product sheet's popup, ``number show``, stats, recent dec
 Every operation needs ``Authorization: Bearer ROTA_API_TOKEN``, checked before the request
 is even parsed (so a request without it learns nothing, not even that its body is wrong). It
 calls the Python API (worker.client, worker.admin, worker.stats, worker.decisions), never a
-key itself. Refusals are one line in ``detail``: 400 (``Refused``: what the worker would
-dead-letter), 401, 404, 422 (the form of an id or a body), 503 (Redis unreachable or
-refusing)."""
+key itself. Refusals: 422 (the form of an id or a body: FastAPI's list of what is wrong), and
+one line in ``detail``: 400 (``Refused``: what the worker would dead-letter), 401, 404, 503
+(Redis unreachable or refusing)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,10 @@
 """The JSON API's request and response bodies, and its words as typed, checked strings.
 
-Every id is checked by worker.words, the validators the command line and worker.client use
-(an account, a number, a customer, a user, a member), and normalised as they normalise it
-(``+44 7700 900123`` is ``447700900123``). The ``pattern`` each schema shows is the same
-form, so generated clients and test tools know it; tests check the two agree."""
+Every id (here: users and members in bodies; worker.http.api: accounts, numbers, customers
+and users in paths) is checked by worker.words, the validators the command line and
+worker.client use, and normalised as they normalise it (``+44 7700 900123`` is
+``447700900123``). The ``pattern`` each schema shows is the same form, so generated clients
+and test tools know it; tests check the two agree."""
 
 from __future__ import annotations
 
@@ -46,30 +47,6 @@ def customer_id(text: str) -> str:
     return messages.customer(text, "customer")
 
 
-Account = Annotated[
-    str,
-    Field(pattern=ACCOUNT_PATTERN, description="a CRM tenant", examples=["acme"]),
-    AfterValidator(words.account),
-]
-Number = Annotated[
-    str,
-    Field(
-        pattern=PHONE_PATTERN,
-        description="a WhatsApp Business number of the account: 6-15 digits; +, spaces, "
-        "dashes, dots and brackets are dropped",
-        examples=["15550001000"],
-    ),
-    AfterValidator(words.phone),
-]
-Customer = Annotated[
-    str,
-    Field(
-        pattern=PHONE_PATTERN,
-        description="the customer's number (the sender, `from`): the same form as a number",
-        examples=["447700900123"],
-    ),
-    AfterValidator(customer_id),
-]
 User = Annotated[
     str,
     Field(
