@@ -25,7 +25,7 @@ from starlette.exceptions import StarletteDeprecationWarning
 
 from tests.conftest import Target, make_settings
 from tests.helpers import ACCOUNT, NUMBER, events, given_number, given_presence, run_burst, send
-from worker import cli, decisions, words
+from worker import decisions, words
 from worker.http import models
 from worker.http.app import create_app
 from worker.settings import Settings
@@ -85,21 +85,16 @@ def api(app: FastAPI) -> Iterator[TestClient]:
         yield client
 
 
-Cli = Callable[..., Any]
+Json = Callable[..., Any]
 
 
 @pytest.fixture
-def rota(
-    target: Target, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> Cli:
-    """``rota ARGS`` in this process, on the test's server: its JSON output."""
-    monkeypatch.setenv("ROTA_REDIS_URL", target.url)
+def rota_json(rota: Callable[..., str]) -> Json:
+    """``rota ARGS`` in this process, on the test's server: its JSON output, if any."""
 
     def run(*args: str) -> Any:
-        code = cli.main(list(args))
-        captured = capsys.readouterr()
-        assert (code, captured.err) == (0, ""), captured.err
-        return json.loads(captured.out) if captured.out.strip() else None
+        out = rota(*args)
+        return json.loads(out) if out.strip() else None
 
     return run
 
@@ -213,7 +208,7 @@ def inbound(rd: Any, settings: Settings) -> list[dict[str, str]]:
 
 
 def test_presence_is_stored_canonical_and_shown_by_number_show(
-    api: TestClient, rd: Any, rota: Cli
+    api: TestClient, rd: Any, rota_json: Json
 ) -> None:
     given_number(rd, ["alice", "bob"])
     presence = "/api/v1/accounts/acme/users/{user}/presence"
@@ -224,7 +219,7 @@ def test_presence_is_stored_canonical_and_shown_by_number_show(
         {"account": ACCOUNT, "user": "alice", "status": "in_break"},
     )
     api.put(presence.format(user="bob"), json={"status": "AVAILABLE"}, headers=AUTH)
-    shown = rota("number", "show", ACCOUNT, NUMBER)
+    shown = rota_json("number", "show", ACCOUNT, NUMBER)
     assert shown["presence"] == {"alice": "in_break", "bob": "available"}
     assert shown["eligible_now"] == ["bob"]
 
@@ -232,7 +227,7 @@ def test_presence_is_stored_canonical_and_shown_by_number_show(
         assert api.put(presence.format(user="bob"), json=bad, headers=AUTH).status_code == 422
     bad_user = api.put(presence.format(user="bob smith"), json={"status": "away"}, headers=AUTH)
     assert bad_user.status_code == 422
-    assert rota("number", "show", ACCOUNT, NUMBER)["presence"]["bob"] == "available"
+    assert rota_json("number", "show", ACCOUNT, NUMBER)["presence"]["bob"] == "available"
 
 
 def test_activity_goes_on_the_inbound_stream_in_order_and_answers_its_entry_id(
@@ -298,7 +293,7 @@ def test_ids_of_the_wrong_form_are_422_and_nothing_is_written(
 
 
 def test_a_transfer_through_the_api_is_decided_by_a_worker(
-    api: TestClient, rd: Any, rb: Any, settings: Settings, rota: Cli
+    api: TestClient, rd: Any, rb: Any, settings: Settings, rota_json: Json
 ) -> None:
     given_number(rd, ["alice", "bob"], online_only=False)
     send(rd, settings, C1)
@@ -317,7 +312,7 @@ def test_a_transfer_through_the_api_is_decided_by_a_worker(
         response.json()["inbound_id"],
     )
     shown = api.get(show, headers=AUTH).json()
-    assert shown == rota("conversation", "show", ACCOUNT, NUMBER, C1)
+    assert shown == rota_json("conversation", "show", ACCOUNT, NUMBER, C1)
     assert shown == {
         "user": "bob",
         "state": "open",
@@ -328,7 +323,7 @@ def test_a_transfer_through_the_api_is_decided_by_a_worker(
 
 
 def test_conversation_show_is_the_command_lines_in_each_state(
-    api: TestClient, rd: Any, rb: Any, settings: Settings, rota: Cli
+    api: TestClient, rd: Any, rb: Any, settings: Settings, rota_json: Json
 ) -> None:
     given_number(rd, ["alice"], capacity=1, when_nobody="queue", reply_timeout_s=600)
     given_presence(rd, alice="available")
@@ -339,7 +334,7 @@ def test_conversation_show_is_the_command_lines_in_each_state(
     states = {}
     for customer in (C1, C2, C3, "447700900009"):
         shown = api.get(url(CONVERSATION, customer=customer), headers=AUTH).json()
-        assert shown == rota("conversation", "show", ACCOUNT, NUMBER, customer)
+        assert shown == rota_json("conversation", "show", ACCOUNT, NUMBER, customer)
         states[customer] = (shown["state"], shown["user"], shown["reply_deadline"] is not None)
     assert states == {
         C1: ("open", "alice", True),
@@ -371,7 +366,7 @@ def from_number_show(shown: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def test_a_new_number_gets_the_contracts_defaults(api: TestClient, rota: Cli) -> None:
+def test_a_new_number_gets_the_contracts_defaults(api: TestClient, rota_json: Json) -> None:
     assert api.get(SETTINGS_PATH, headers=AUTH).status_code == 404
     response = api.patch(SETTINGS_PATH, json={}, headers=AUTH)
     assert response.status_code == 200
@@ -390,11 +385,12 @@ def test_a_new_number_gets_the_contracts_defaults(api: TestClient, rota: Cli) ->
         },
         "warnings": [],
     }
-    assert from_number_show(rota("number", "show", ACCOUNT, NUMBER)) == response.json()["settings"]
+    shown = rota_json("number", "show", ACCOUNT, NUMBER)
+    assert from_number_show(shown) == response.json()["settings"]
 
 
-def test_number_settings_round_trip_with_number_show(api: TestClient, rota: Cli) -> None:
-    rota("group", "set", ACCOUNT, "sales", "dave", "erin")
+def test_number_settings_round_trip_with_number_show(api: TestClient, rota_json: Json) -> None:
+    rota_json("group", "set", ACCOUNT, "sales", "dave", "erin")
     popup = {
         "assign_unknown": False,
         "members": ["carol", "group:sales", "alice@acme.example"],
@@ -404,7 +400,7 @@ def test_number_settings_round_trip_with_number_show(api: TestClient, rota: Cli)
     response = api.patch(SETTINGS_PATH, json=popup, headers=AUTH)
     assert response.status_code == 200, response.text
     written = response.json()["settings"]
-    shown = rota("number", "show", ACCOUNT, NUMBER)
+    shown = rota_json("number", "show", ACCOUNT, NUMBER)
     assert from_number_show(shown) == written == api.get(SETTINGS_PATH, headers=AUTH).json()
     assert {name: written[name] for name in popup} == popup
     assert shown["expanded_members"] == ["carol", "dave", "erin", "alice@acme.example"]
@@ -417,19 +413,20 @@ def test_number_settings_round_trip_with_number_show(api: TestClient, rota: Cli)
         "reply_timeout_s": 120,
     }
     api.patch(SETTINGS_PATH, json=conversation, headers=AUTH)  # the popup's fields stay
-    shown = rota("number", "show", ACCOUNT, NUMBER)
+    shown = rota_json("number", "show", ACCOUNT, NUMBER)
     assert from_number_show(shown) == {**written, **conversation, "capacity": 3}
 
     # Written by the command line, read by the API.
-    rota("number", "set", ACCOUNT, NUMBER, "--members", "zoe", "--online-only", "--capacity", "0")
+    rota_json("number", "set", ACCOUNT, NUMBER, "--members", "zoe", "--online-only")
+    rota_json("number", "set", ACCOUNT, NUMBER, "--capacity", "0")
     read = api.get(SETTINGS_PATH, headers=AUTH).json()
-    assert read == from_number_show(rota("number", "show", ACCOUNT, NUMBER))
+    assert read == from_number_show(rota_json("number", "show", ACCOUNT, NUMBER))
     assert (read["members"], read["online_only"], read["capacity"]) == (["zoe"], True, 0)
 
     # null clears the number's admin: the account's applies again.
-    rota("account", "set", ACCOUNT, "--admin", "chief")
+    rota_json("account", "set", ACCOUNT, "--admin", "chief")
     assert api.patch(SETTINGS_PATH, json={"admin": None}, headers=AUTH).status_code == 200
-    shown = rota("number", "show", ACCOUNT, NUMBER)
+    shown = rota_json("number", "show", ACCOUNT, NUMBER)
     assert (shown["settings"]["admin"], shown["settings"]["effective_admin"]) == (None, "chief")
     assert api.get(SETTINGS_PATH, headers=AUTH).json()["admin"] is None
 
@@ -473,7 +470,7 @@ def test_settings_of_the_wrong_form_are_422_and_change_nothing(
 
 
 def test_number_show_is_the_command_lines(
-    api: TestClient, rd: Any, rb: Any, settings: Settings, rota: Cli
+    api: TestClient, rd: Any, rb: Any, settings: Settings, rota_json: Json
 ) -> None:
     assert api.get("/api/v1/accounts/acme/numbers/15550001000", headers=AUTH).json() == {
         "detail": "no settings for account acme number 15550001000"
@@ -486,7 +483,7 @@ def test_number_show_is_the_command_lines(
     response = api.get("/api/v1/accounts/acme/numbers/+1-555-000-1000", headers=AUTH)
     assert response.status_code == 200
     shown = response.json()
-    assert shown == rota("number", "show", ACCOUNT, NUMBER)
+    assert shown == rota_json("number", "show", ACCOUNT, NUMBER)
     assert (shown["open"], shown["at_capacity"], shown["next"]) == (
         {"alice": 1},
         ["alice"],
@@ -498,7 +495,7 @@ def test_number_show_is_the_command_lines(
 
 
 def test_stats_are_the_command_lines_account(
-    api: TestClient, rd: Any, rb: Any, settings: Settings, rota: Cli
+    api: TestClient, rd: Any, rb: Any, settings: Settings, rota_json: Json
 ) -> None:
     given_number(rd, ["alice", "bob"], online_only=False)
     given_number(rd, ["carol"], number=OTHER_NUMBER, online_only=False)
@@ -507,7 +504,7 @@ def test_stats_are_the_command_lines_account(
     assert run_burst(rb, settings) == 0
 
     shown = api.get("/api/v1/accounts/acme/stats", headers=AUTH).json()
-    assert shown == rota("stats", ACCOUNT)["account"]
+    assert shown == rota_json("stats", ACCOUNT)["account"]
     assert shown["chats_today"] == {"alice": 1, "bob": 1}
     assert sorted(shown["numbers"]) == [NUMBER, OTHER_NUMBER]
 
@@ -534,7 +531,7 @@ def test_recent_decisions_newest_first_of_the_account_and_number(
     got = api.get(path, params={"limit": 5}, headers=AUTH).json()
     assert [d["id"] for d in got["decisions"]] == [e["id"] for e in mine[:5]]
     first = got["decisions"][0]
-    assert first == {**mine[0], "at": int(mine[0]["at"]), "previous": None, "event_id": None}
+    assert first == {**mine[0], "at": int(mine[0]["at"]), "previous": "", "event_id": ""}
     assert got["searched_all"] is False
 
     everything = api.get(path, params={"limit": 100}, headers=AUTH).json()
@@ -565,6 +562,19 @@ def test_recent_decisions_look_at_no_more_than_the_scan_bound(
     assert [d["id"] for d in got["decisions"]] == [
         e["id"] for e in newest if e["account"] == ACCOUNT
     ]
+
+
+def test_recent_decisions_skip_what_is_no_published_decision(
+    api: TestClient, rd: Any, rb: Any, settings: Settings
+) -> None:
+    published = decided_for(rd, rb, settings)
+    [latest, *_] = [e for e in reversed(published) if e["account"] == ACCOUNT]
+    written_by_hand = {k: v for k, v in latest.items() if k != "id"}
+    rd.xadd(settings.events_stream, {**written_by_hand, "at": "yesterday"})
+    rd.xadd(settings.events_stream, {"account": ACCOUNT, "note": "no decision"})
+    got = api.get("/api/v1/accounts/acme/decisions", params={"limit": 1}, headers=AUTH).json()
+    assert [d["id"] for d in got["decisions"]] == [latest["id"]]
+    assert got["scanned"] == 2 + published[::-1].index(latest) + 1
 
 
 def test_recent_decisions_include_changes_of_user(

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from worker.record import InvalidRecord, Record
 from worker.settings import Settings
 
 MAX_LIMIT = 100  # decisions one call returns at most
@@ -19,7 +20,7 @@ _FIRST_PAGE, _LARGEST_PAGE = 100, 1_000
 
 @dataclass
 class Recent:
-    decisions: list[dict[str, str]] = field(default_factory=list)  # newest first, with "id"
+    decisions: list[tuple[str, Record]] = field(default_factory=list)  # (entry id, record)
     scanned: int = 0  # entries looked at
     searched_all: bool = False  # the stream's oldest entry was reached: nothing older matches
 
@@ -31,8 +32,9 @@ def _text(value: Any) -> str:
 def recent(
     client: Any, settings: Settings, account: str, number: str | None = None, limit: int = 20
 ) -> Recent:
-    """Up to ``limit`` (at most MAX_LIMIT) decisions of ``account`` (and ``number``), newest
-    first, each its stream fields plus ``id``, the entry's id."""
+    """Up to ``limit`` (at most MAX_LIMIT) decisions and conversation events of ``account``
+    (and ``number``), newest first, each with its entry id; an entry that is no published
+    record (written by hand) is looked at and skipped."""
     if not 1 <= limit <= MAX_LIMIT:
         raise ValueError(f"limit {limit} must be from 1 to {MAX_LIMIT}")
     found = Recent()
@@ -40,11 +42,14 @@ def recent(
     while found.scanned < SCAN_LIMIT:
         count = min(page, SCAN_LIMIT - found.scanned)
         entries = client.xrevrange(settings.events_stream, max=newest, min="-", count=count)
-        for entry_id, raw in entries:
+        for entry_id, fields in entries:
             found.scanned += 1
-            fields = {_text(name): _text(value) for name, value in raw.items()}
-            if fields.get("account") == account and number in (None, fields.get("number")):
-                found.decisions.append({"id": _text(entry_id), **fields})
+            try:
+                record = Record.from_fields(fields)
+            except InvalidRecord:
+                continue
+            if record.account == account and number in (None, record.number):
+                found.decisions.append((_text(entry_id), record))
                 if len(found.decisions) == limit:
                     return found
         if len(entries) < count:

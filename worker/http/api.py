@@ -11,6 +11,7 @@ one line in ``detail``: 400 (``Refused``: what the worker would dead-letter), 40
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
+from dataclasses import asdict
 from typing import Annotated, Any
 
 import redis
@@ -310,24 +311,9 @@ def recent_decisions(
 ) -> Decisions:
     found_ = decisions.recent(found.client, found.settings, account, number, limit)
     return Decisions(
-        decisions=[_decision(fields) for fields in found_.decisions],
+        decisions=[
+            Decision(id=entry_id, **asdict(record)) for entry_id, record in found_.decisions
+        ],
         scanned=found_.scanned,
         searched_all=found_.searched_all,
-    )
-
-
-def _decision(fields: dict[str, str]) -> Decision:
-    """An entry as the workers publish it; one written by hand lacks nothing here either."""
-    return Decision(
-        id=fields["id"],
-        account=fields.get("account", ""),
-        number=fields.get("number", ""),
-        customer=fields.get("customer", ""),
-        user=fields.get("user", ""),
-        reason=fields.get("reason", ""),
-        at=config_redis.unix_ms(fields.get("at")),
-        message_id=fields.get("message_id", ""),
-        inbound_id=fields.get("inbound_id", ""),
-        previous=fields.get("previous"),
-        event_id=fields.get("event_id"),
     )

@@ -312,21 +312,20 @@ class AccountStats(BaseModel):
 
 
 class Decision(BaseModel):
-    """One entry of the decisions stream (see "Decisions published")."""
+    """One entry of the decisions stream (see "Decisions published"): a decision, or a
+    conversation event (a change of user without a new message)."""
 
     id: str = Field(description="the entry's id on the decisions stream")
     account: str
     number: str
     customer: str
+    message_id: str = Field(description="the message's id; empty for a conversation event")
+    inbound_id: str = Field(description="the inbound entry decided")
     user: str = Field(description="empty for unknown_disabled, no_admin and queued")
     reason: str = Field(examples=["round_robin"])
-    at: int | None = Field(description="unix ms of the decision")
-    message_id: str = Field(description="the message's id; empty for a change of user")
-    inbound_id: str = Field(description="the inbound entry decided")
-    previous: str | None = Field(
-        default=None, description="a change of user's: who had it (empty: nobody)"
-    )
-    event_id: str | None = Field(default=None, description="a change of user's unique id")
+    at: int = Field(description="unix ms of the decision")
+    previous: str = Field(description="an event's: who had the conversation (else empty)")
+    event_id: str = Field(description="an event's unique id (else empty)")
 
 
 class Decisions(BaseModel):
