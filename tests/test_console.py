@@ -26,10 +26,9 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from tests.conftest import make_settings
 from tests.helpers import ACCOUNT, NUMBER, given_number, given_presence, run_burst, run_rota
 from tests.redis_server import RedisServer, free_port
-from worker import admin, stats
+from worker import admin
 from worker.client import Rota
 from worker.http.app import create_app
-from worker.record import Record
 from worker.settings import Settings
 
 TOKEN = "console-test-token-1f6c"
@@ -311,23 +310,3 @@ def test_pages_need_a_session_and_forms_the_csrf_token(console: str, rd: Any) ->
 def test_the_console_is_not_part_of_the_api_document(settings: Settings, rd: Any) -> None:
     paths = create_app(settings, rd).openapi().get("paths", {})
     assert not [path for path in paths if path == "/" or path.startswith("/console")]
-
-
-def test_recent_decisions_are_one_numbers_newest_within_a_bounded_read(
-    rd: Any, settings: Settings
-) -> None:
-    # Given decisions of two numbers, interleaved, and an entry that is no decision
-    def record(number: str, n: int) -> dict[str, str | int]:
-        fields = Record(ACCOUNT, number, "447700900111", f"wamid.{n}", "1-0", "alice", "owner", n)
-        return fields.to_fields()
-
-    for n in range(30):
-        rd.xadd(settings.events_stream, record(NUMBER if n % 2 else "15550002000", n))
-    rd.xadd(settings.events_stream, {"not": "a decision"})
-
-    # Then the newest of one number come first, at most as many as asked for
-    recent = stats.recent_decisions(rd, settings, ACCOUNT, NUMBER, limit=5)
-    assert [d["message_id"] for d in recent] == [f"wamid.{n}" for n in (29, 27, 25, 23, 21)]
-    assert recent[0]["previous"] == "" and recent[0]["id"]
-    # and no further back than the bound: the newest 10 entries (one no decision) hold 5
-    assert len(stats.recent_decisions(rd, settings, ACCOUNT, NUMBER, limit=20, scan=10)) == 5

@@ -6,19 +6,14 @@ eligible users, next user, cursor and queue, and the chats each user got today."
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import asdict, replace
+from dataclasses import replace
 from typing import Any
 
 from worker import admin, backlog, chats, clock, config_redis, index, keys
 from worker.backlog import Backlog, text
-from worker.record import InvalidRecord, Record
 from worker.settings import Settings
 
 DEAD_SCAN_LIMIT = 100_000  # dead letters read to count them by error
-# The newest decisions of every account read, at most, to find one number's latest: the
-# stream is shared, so a quiet number among busy ones may show fewer than asked for.
-RECENT_SCAN_LIMIT = 2_000
-RECENT_PAGE = 500
 
 
 def _lag(client: Any, stream: Backlog) -> int | None:
@@ -182,37 +177,3 @@ def account(client: Any, account_name: str) -> dict[str, Any]:
         "chats_today": chats.today(client, account_name, now_ms),
         "numbers": numbers,
     }
-
-
-def recent_decisions(
-    client: Any,
-    settings: Settings,
-    account_name: str,
-    number: str,
-    limit: int = 20,
-    scan: int = RECENT_SCAN_LIMIT,
-) -> list[dict[str, Any]]:
-    """The number's newest decisions and conversation events, newest first, at most ``limit``,
-    looked for among the newest ``scan`` entries of the decisions stream (bounded reads, pages
-    of RECENT_PAGE). Each is the published record's fields (``previous`` and ``event_id`` empty
-    for a message's decision) and ``id``, its entry id; an entry that is no record is skipped."""
-    found: list[dict[str, Any]] = []
-    newest, read = "+", 0
-    while len(found) < limit and read < scan:
-        page = client.xrevrange(
-            settings.events_stream, max=newest, count=min(RECENT_PAGE, scan - read)
-        )
-        if not page:
-            break
-        read += len(page)
-        for entry_id, fields in page:
-            try:
-                record = Record.from_fields(fields)
-            except InvalidRecord:
-                continue
-            if record.account == account_name and record.number == number:
-                found.append({"id": text(entry_id), **asdict(record)})
-                if len(found) == limit:
-                    break
-        newest = "(" + text(page[-1][0])
-    return found

@@ -10,7 +10,7 @@ writes go through worker.admin and worker.stats, never a key spelled here.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -21,7 +21,7 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
-from worker import admin, stats, words
+from worker import admin, decisions, words
 from worker.config import MAX_WHOLE, WHEN_NOBODY
 from worker.http.app import Services, services
 from worker.http.auth import (
@@ -295,9 +295,7 @@ def _live(found: Services, account: str, number: str) -> dict[str, Any] | None:
     shown = admin.show_number(found.client, account, number)
     if shown is None:
         return None
-    recent = stats.recent_decisions(
-        found.client, found.settings, account, number, limit=RECENT_DECISIONS
-    )
+    recent = decisions.recent(found.client, found.settings, account, number, RECENT_DECISIONS)
     rotation = shown["expanded_members"]
     users = [
         {
@@ -323,8 +321,8 @@ def _live(found: Services, account: str, number: str) -> dict[str, Any] | None:
         "chats_today": sum(shown["chats_today"].values()),
         # Customers masked as the logs mask them: who got the chat matters here, not who wrote.
         "recent": [
-            {**record, "customer": words.mask(record["customer"]), "when": _clock(record["at"])}
-            for record in recent
+            {**asdict(record), "customer": words.mask(record.customer), "when": _clock(record.at)}
+            for _, record in recent.decisions
         ],
         "recent_limit": RECENT_DECISIONS,
         "updated": _clock(int(time.time() * 1000)),
