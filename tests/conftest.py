@@ -15,7 +15,7 @@ import pytest
 
 from tests.redis_cluster import RedisClusterServers
 from tests.redis_server import RedisServer
-from worker import embedded
+from worker import cli, embedded
 from worker.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -208,3 +208,22 @@ def forked_workers(tmp_path: Path) -> Iterator[ForkedWorkers]:
     workers.directory.mkdir()
     yield workers
     workers.kill_all()
+
+
+Cli = Callable[..., str]
+
+
+@pytest.fixture
+def rota(
+    target: Target, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Cli:
+    """``rota ARGS`` in this process, on the test's server: its stdout (exit 0, no stderr)."""
+    monkeypatch.setenv("ROTA_REDIS_URL", target.url)
+
+    def run(*args: str) -> str:
+        code = cli.main(list(args))
+        captured = capsys.readouterr()
+        assert (code, captured.err) == (0, ""), captured.err
+        return captured.out
+
+    return run

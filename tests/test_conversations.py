@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from tests.conftest import Target
+from tests.conftest import Cli, Target
 from tests.helpers import (
     ACCOUNT,
     DEAD_LETTER_FIELDS,
@@ -24,31 +23,13 @@ from tests.helpers import (
     run_rota,
     send,
 )
-from worker import admin, cli, keys
+from worker import admin, keys
 from worker.client import Rota
 from worker.settings import Settings
 
 C1, C2, C3, C4, C5 = (f"44770090000{i}" for i in range(1, 6))
 TTL_S = 1
 PAST_TTL_S = TTL_S + 0.5  # sleeping this long leaves a user unheard for more than the TTL
-
-Cli = Callable[..., str]
-
-
-@pytest.fixture
-def rota(
-    target: Target, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> Cli:
-    """``rota ARGS`` in this process, on the test's server: its stdout (exit 0, no stderr)."""
-    monkeypatch.setenv("ROTA_REDIS_URL", target.url)
-
-    def run(*args: str) -> str:
-        code = cli.main(list(args))
-        captured = capsys.readouterr()
-        assert (code, captured.err) == (0, ""), captured.err
-        return captured.out
-
-    return run
 
 
 def activity(rd: Any, settings: Settings, kind: str, **fields: str) -> str:

@@ -17,9 +17,9 @@ from typing import Any, TypeVar
 
 import pytest
 
-from tests.conftest import Target
+from tests.conftest import Cli, Target
 from tests.helpers import ACCOUNT, NUMBER, drained, events, finish, given_number, send
-from worker import admin, cli, keys
+from worker import admin, keys
 from worker.log import logger
 from worker.runner import Runner
 from worker.settings import Settings
@@ -28,7 +28,6 @@ C0, C1, C2, C3, C4, C5 = (f"44770090000{i}" for i in range(6))
 BOSS = "boss"
 PATIENCE_S = 10  # how long a test waits for an effect: far past any deadline it sets
 T = TypeVar("T")
-Cli = Callable[..., str]
 
 
 # --- A running worker ----------------------------------------------------------------------
@@ -74,22 +73,6 @@ def worker(target: Target, settings: Settings) -> Iterator[Worker]:
     yield running
     if running.running:
         running.stop()
-
-
-@pytest.fixture
-def rota(
-    target: Target, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> Cli:
-    """``rota ARGS`` in this process, on the test's server: its stdout (exit 0, no stderr)."""
-    monkeypatch.setenv("ROTA_REDIS_URL", target.url)
-
-    def run(*args: str) -> str:
-        code = cli.main(list(args))
-        captured = capsys.readouterr()
-        assert (code, captured.err) == (0, ""), captured.err
-        return captured.out
-
-    return run
 
 
 # --- Given ---------------------------------------------------------------------------------

@@ -10,11 +10,22 @@ import copy
 from collections.abc import Sequence
 from typing import Any
 
-from worker import chats, clock, config_redis, keys, presence, rules
+from worker import chats, clock, config_redis, index, keys, presence, rules
 from worker import client as rota_client
 from worker.config import NumberConfig
 from worker.keys import group_name
 from worker.settings import Settings
+
+
+def accounts(client: Any) -> list[str]:
+    """The accounts noted as having configuration (worker.index), sorted, from a decoding
+    client; one whose keys were all deleted by hand may still be listed."""
+    return sorted(client.smembers(keys.accounts()))
+
+
+def numbers(client: Any, account: str) -> list[str]:
+    """The account's numbers that have settings (worker.index), sorted."""
+    return sorted(index.names(client, [account]).get(account, {}).get("number", ()))
 
 
 def set_account(

@@ -21,8 +21,10 @@ from worker.transport import Command, Transport
 DUE_PER_SWEEP = 500
 # An outbox entry this old lost the worker that wrote it (a worker publishes its own within
 # milliseconds): the sweep publishes it. A slow worker may then publish it twice, which the
-# event_id de-duplicates.
-STRANDED_AFTER_MS = 2_000
+# event_id de-duplicates. Short, so that it is published before the conversation's next move
+# (a reply timer is 1 s at least) would follow it: a late entry would otherwise be the last
+# one on the stream for its customer and name a user who no longer holds the conversation.
+STRANDED_AFTER_MS = 500
 
 
 @dataclass(frozen=True, slots=True)

@@ -86,7 +86,7 @@ class Webhooks:
                 args=[record.to_fields()],
                 timeout=self._timeout,
                 result_ttl=0,  # a delivered decision leaves nothing behind
-                description=f"webhook {record.account} {record.message_id}",
+                description=f"webhook {record.account} {record.message_id or record.event_id}",
                 retry=self._retry,
             )
             for record in records
