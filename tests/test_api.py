@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import re
 import socket
-import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -17,11 +16,11 @@ import hypothesis
 import pytest
 import schemathesis
 from fastapi import FastAPI
+from fastapi.testclient import TestClient
 from hypothesis import strategies as st
 from pydantic import Field, SecretStr, TypeAdapter, ValidationError
 from schemathesis.checks import allow_header_conformance
 from schemathesis.config import SchemathesisConfig
-from starlette.exceptions import StarletteDeprecationWarning
 
 from tests.conftest import Target, make_settings
 from tests.helpers import ACCOUNT, NUMBER, events, given_number, given_presence, run_burst, send
@@ -29,11 +28,6 @@ from worker import decisions, words
 from worker.http import models
 from worker.http.app import create_app
 from worker.settings import Settings
-
-with warnings.catch_warnings():
-    # The test client prefers httpx's successor; httpx (a dev dependency) still works.
-    warnings.simplefilter("ignore", StarletteDeprecationWarning)
-    from fastapi.testclient import TestClient
 
 TOKEN = "api-token-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -5,13 +5,12 @@ through a worker to their decisions."""
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 import redis
-from starlette.exceptions import StarletteDeprecationWarning
+from fastapi.testclient import TestClient
 
 from tests.conftest import ON_SINGLE_AND_CLUSTER, make_settings
 from tests.helpers import events, given_number, given_presence, run_burst
@@ -21,11 +20,6 @@ from worker import admin, keys, partitions
 from worker.http.app import create_app
 from worker.http.whatsapp import SIGNATURE_HEADER, signature
 from worker.settings import Settings
-
-with warnings.catch_warnings():
-    # The test client prefers httpx's successor; httpx (a dev dependency) still works.
-    warnings.simplefilter("ignore", StarletteDeprecationWarning)
-    from fastapi.testclient import TestClient
 
 SECRET, VERIFY_TOKEN = "app-secret-for-tests", "verify-token-for-tests"
 WABA = "102290129340398"  # the WhatsApp Business Account's id: entry[].id

@@ -266,6 +266,9 @@ class ShownSettings(BaseModel):
     presence_ttl_s: int = Field(description="the account's")
     admin: str | None = Field(description="the number's own")
     effective_admin: str | None = Field(description="the number's, else the account's")
+    whatsapp_phone_number_id: str | None = Field(
+        description="Meta's id of the number: how POST /whatsapp finds its account"
+    )
 
 
 class NumberShown(BaseModel):
