@@ -8,8 +8,12 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import ROOT
+from tests.redis_server import free_port
 from worker import embedded
 from worker.cli import build_parser
 
@@ -130,6 +135,45 @@ def test_demo_shows_the_sheets_four_cases(installed: Installed) -> None:
     assert "workers stopped with exit codes [0, 0]" in out, out
 
 
+def serve_answers_from_the_wheel(installed: Installed) -> None:
+    """``rota serve`` of the installed wheel: Meta's challenge, the console's page and assets
+    (package data), the API; SIGTERM ends it with 0."""
+    installed.ran.add(("serve",))
+    port = free_port()
+    env = installed.env(
+        ROTA_HTTP_PORT=str(port), ROTA_API_TOKEN="t", ROTA_WHATSAPP_VERIFY_TOKEN="v"
+    )
+    serve = subprocess.Popen(
+        [str(installed.venv / "bin" / "rota"), "serve"], cwd=installed.folder, env=env
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        challenge = "/whatsapp?hub.mode=subscribe&hub.verify_token=v&hub.challenge=42"
+        assert wait_for_http(base + challenge) == (200, b"42")
+        assert wait_for_http(base + "/console/static/console.css")[0] == 200
+        assert b"<form" in wait_for_http(base + "/console/signin")[1]
+        show = f"/api/v1/accounts/acme/numbers/{NUMBER}"
+        assert wait_for_http(base + show, {"Authorization": "Bearer t"})[0] == 200
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(timeout=30) == 0
+
+
+def wait_for_http(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    """Status and body of a GET, once the server listens (a 4xx is an answer too)."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            request = urllib.request.Request(url, headers=headers or {})
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as answered:
+            return answered.code, answered.read()
+        except OSError:
+            assert time.monotonic() < deadline, f"nothing listens for {url}"
+            time.sleep(0.1)
+
+
 def test_every_command_runs_on_the_embedded_server(installed: Installed) -> None:
     rota = installed.rota
     assert rota("embedded", "url").stdout.startswith("unix://")
@@ -162,6 +206,7 @@ def test_every_command_runs_on_the_embedded_server(installed: Installed) -> None
     assert rota("partition", "acme").stdout.strip() == "rota:inbound"
     hook = {"ROTA_WEBHOOK_URL": "http://127.0.0.1:9/hook", "ROTA_WEBHOOK_SECRET": "s"}
     rota("webhooks", "--burst", **hook)  # nothing queued: rq's worker starts and exits
+    serve_answers_from_the_wheel(installed)
     assert rota("embedded", "stop").stdout == "stopped\n"
     # Every command of the parser ran (demo and serve-like commands in their own tests)
     assert ALL_COMMANDS - installed.ran - {("demo",)} == set()
