@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 import uvicorn
 from playwright.sync_api import Browser, Page, expect, sync_playwright
@@ -238,7 +238,7 @@ def test_a_refused_save_says_why_beside_the_field_keeps_what_was_typed_and_write
 
 
 def test_the_live_view_follows_presence_and_decisions_without_a_reload(
-    page: Page, rd: Any, rb: Any, settings: Settings, tmp_path: Path
+    page: Page, console: str, rd: Any, rb: Any, settings: Settings, tmp_path: Path
 ) -> None:
     # Given alice and bob available, carol in break, and the console open
     given_number(rd, ["alice", "bob", "carol"], admin="boss")
@@ -261,8 +261,13 @@ def test_the_live_view_follows_presence_and_decisions_without_a_reload(
     expect(live_row(page, "alice")).to_contain_text("2")
     expect(page.locator("#next-user")).to_contain_text("bob")
 
-    # When bob goes Unavailable through the Python API
-    rota.set_presence(ACCOUNT, "bob", "Unavailable")
+    # When bob goes Unavailable through the JSON API
+    answer = httpx2.put(
+        f"{console}/api/v1/accounts/{ACCOUNT}/users/bob/presence",
+        json={"status": "Unavailable"},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+    assert answer.status_code == 200, answer.text
 
     # Then his row and who is next change in place
     expect(live_row(page, "bob")).to_contain_text("Unavailable", timeout=LIVE_TIMEOUT_MS)
@@ -280,7 +285,7 @@ def test_pages_need_a_session_and_forms_the_csrf_token(console: str, rd: Any) ->
     given_number(rd, ["alice", "bob"])
     live = f"/console/live?account={ACCOUNT}&number={NUMBER}"
     form = {"account": ACCOUNT, "number": NUMBER, "members": "mallory"}
-    with httpx.Client(base_url=console, follow_redirects=False) as client:
+    with httpx2.Client(base_url=console, follow_redirects=False) as client:
         # Not signed in: pages send to the sign-in page, the live view is 401, nothing written
         assert client.get("/").headers["location"] == "/console/signin"
         assert client.get(live).status_code == 401
