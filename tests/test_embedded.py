@@ -24,7 +24,7 @@ from worker.embedded import State
 # enough for the later commands to start while it lasts.
 KEYS = 1_500_000
 BATCH = 100_000
-ARRIVAL_S = 2.5  # time enough for a few rota processes to start and ask for the server
+ARRIVAL_S = 1.5  # time enough for a few rota processes (0.35 s each) to ask for the server
 
 
 @pytest.fixture(scope="module")
