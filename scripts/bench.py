@@ -624,12 +624,15 @@ class Pacing:
     largest_batch: int  # > 1 when the producer fell behind and caught up in one pipeline
 
 
-def read_events(url: str, ready: MpEvent, stop: MpEvent, out: Connection) -> None:
-    """Reader process: inbound_id -> monotonic ns when its decision was read."""
+def read_events(
+    url: str, ready: MpEvent, stop: MpEvent, out: Connection, key: bytes = b"inbound_id"
+) -> None:
+    """Reader process: each new decision's ``key`` field -> monotonic ns when it was read
+    (decisions from the newest entry on: earlier parts' are not this part's)."""
     client: Any = redis.Redis.from_url(url)
     seen: dict[bytes, int] = {}
-    last: bytes | str = "0-0"
-    client.ping()
+    newest = client.xrevrange(EVENTS, count=1)
+    last: bytes | str = newest[0][0] if newest else "0-0"
     ready.set()
     while True:
         reply = client.xread({EVENTS: last}, count=1000, block=50)
@@ -639,7 +642,7 @@ def read_events(url: str, ready: MpEvent, stop: MpEvent, out: Connection) -> Non
                 break
             continue
         for entry_id, fields in reply[0][1]:
-            seen.setdefault(fields[b"inbound_id"], now)
+            seen.setdefault(fields[key], now)
             last = entry_id
     out.send(seen)
 
@@ -1241,26 +1244,6 @@ def webhook_client(
     out.send(sorted(done, key=lambda s: s.due_ns))
 
 
-def read_decisions(url: str, ready: MpEvent, stop: MpEvent, out: Connection) -> None:
-    """Reader process: message_id -> monotonic ns when its decision was read."""
-    client: Any = redis.Redis.from_url(url)
-    seen: dict[bytes, int] = {}
-    newest = client.xrevrange(EVENTS, count=1)
-    last: bytes | str = newest[0][0] if newest else "0-0"
-    ready.set()
-    while True:
-        reply = client.xread({EVENTS: last}, count=1000, block=50)
-        now = time.monotonic_ns()
-        if not reply:
-            if stop.is_set():
-                break
-            continue
-        for entry_id, fields in reply[0][1]:
-            seen.setdefault(fields[b"message_id"], now)
-            last = entry_id
-    out.send(seen)
-
-
 def spawn_serve(bench: Bench, count: int, port: int) -> list[Proc]:
     env = worker_env(bench)
     env.update(
@@ -1317,7 +1300,8 @@ def measure_webhook(bench: Bench, serve_count: int, offset: int, workers: list[P
     ready, stop = ctx.Event(), ctx.Event()
     decisions_in, decisions_out = ctx.Pipe(duplex=False)
     sent_in, sent_out = ctx.Pipe(duplex=False)
-    reader = ctx.Process(target=read_decisions, args=(bench.server.url, ready, stop, decisions_out))
+    reader_args = (bench.server.url, ready, stop, decisions_out, b"message_id")
+    reader = ctx.Process(target=read_events, args=reader_args)
     client = ctx.Process(target=webhook_client, args=(port, bodies, warmup, sent_out))
     before = bench.rb.xlen(EVENTS)
     reader.start()
