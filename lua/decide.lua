@@ -721,6 +721,11 @@ local KINDS = {
 }
 local SWEEP = {timer = true, queue = true} -- the sweep's entries: never remembered
 
+-- The customer's member of KEYS[8] (worker/keys.py's timer spells the same).
+local function timerMember(num, customer)
+  return num.name .. ':' .. customer
+end
+
 -- The i-th customer of the number's queue, the list read CHUNK at a time as needed.
 local function queueItem(num, i)
   local q = num.queue
@@ -870,13 +875,9 @@ local function plan()
     return r
   end
 
-  local function memberOf(num, r)
-    return num.name .. ':' .. customers[r]
-  end
-
   local function deadlineOf(num, r)
     if deadline[r] == nil then
-      local score = read(timersKey, 'ZSCORE', memberOf(num, r))
+      local score = read(timersKey, 'ZSCORE', timerMember(num, customers[r]))
       deadline[r] = score and tonumber(score) or false
     end
     return deadline[r]
@@ -1298,7 +1299,7 @@ for r = 1, writes.roots do
       note(change.tried, change.untried, state.tried[r] and table.concat(state.tried[r], ','))
     end
     if changed.deadline[r] then
-      local member = writes.numbers[j].name .. ':' .. customer
+      local member = timerMember(writes.numbers[j], customer)
       if state.deadline[r] then
         timerWrites[#timerWrites + 1], timerWrites[#timerWrites + 2] = state.deadline[r], member
       else

@@ -1115,7 +1115,7 @@ def fire_due_timers(bench: Bench, count: int) -> Sweep:
     now = now_ms()
     pipe = bench.rb.pipeline(transaction=False)
     for i in range(count):
-        pipe.zadd(keys.timers(ACCOUNT), {f"{NUMBER}:{CUSTOMER_BASE + i}": now - 1})
+        pipe.zadd(keys.timers(ACCOUNT), {keys.timer(NUMBER, str(CUSTOMER_BASE + i)): now - 1})
     pipe.sadd(keys.swept_accounts(), ACCOUNT)
     pipe.execute()
     last_decision = bench.rb.xrevrange(EVENTS, count=1)[0][0]

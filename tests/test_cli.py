@@ -563,7 +563,7 @@ def test_conversation_show_prints_the_queue_the_reply_deadline_and_who_tried(
 ) -> None:
     # Given a customer waiting in the queue (with a queue-wait timer)
     rd.hset(keys.queued(ACCOUNT, NUMBER), CUSTOMER, 1_700_000_000_000)
-    rd.zadd(keys.timers(ACCOUNT), {f"{NUMBER}:{CUSTOMER}": 1_700_000_600_000})
+    rd.zadd(keys.timers(ACCOUNT), {keys.timer(NUMBER, CUSTOMER): 1_700_000_600_000})
     assert json.loads(ok(rota("conversation", "show", ACCOUNT, NUMBER, CUSTOMER))) == {
         "user": None,
         "state": "queued",
@@ -576,7 +576,7 @@ def test_conversation_show_prints_the_queue_the_reply_deadline_and_who_tried(
     rd.hset(keys.owners(ACCOUNT, NUMBER), CUSTOMER, "bob")
     rd.hset(keys.open_conversations(ACCOUNT, NUMBER), CUSTOMER, "bob")
     rd.hset(keys.tried(ACCOUNT, NUMBER), CUSTOMER, "alice,bob")
-    rd.zadd(keys.timers(ACCOUNT), {f"{NUMBER}:{CUSTOMER}": 1_700_000_120_000})
+    rd.zadd(keys.timers(ACCOUNT), {keys.timer(NUMBER, CUSTOMER): 1_700_000_120_000})
 
     assert json.loads(ok(rota("conversation", "show", ACCOUNT, NUMBER, CUSTOMER))) == {
         "user": "bob",

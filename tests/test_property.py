@@ -773,9 +773,9 @@ def stored_timers(rd: Any) -> dict[str, int]:
 def model_timers(states: dict[str, rules.NumberState]) -> dict[str, int]:
     timers: dict[str, int] = {}
     for number_id, state in states.items():
-        timers.update({f"{number_id}:{c}": due for c, due in state.deadlines.items()})
+        timers.update({keys.timer(number_id, c): due for c, due in state.deadlines.items()})
         if state.queue:
-            timers[number_id] = 0
+            timers[keys.timer(number_id)] = 0
     return timers
 
 

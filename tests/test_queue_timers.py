@@ -181,7 +181,7 @@ def queued_at(rd: Any) -> dict[str, str]:
 
 def timer_of(rd: Any, customer: str) -> float | None:
     """The customer's timer: a reply deadline or the end of a queue wait, unix ms."""
-    due: float | None = rd.zscore(keys.timers(ACCOUNT), f"{NUMBER}:{customer}")
+    due: float | None = rd.zscore(keys.timers(ACCOUNT), keys.timer(NUMBER, customer))
     return due
 
 

@@ -107,8 +107,13 @@ def decision(reply: Sequence[object], account: str) -> Decision | None:
         int(at),
         is_new,
         previous.decode(errors="backslashreplace"),
-        f"{account}:{event.decode()}" if event else "",
+        event_id(account, event.decode()) if event else "",
     )
+
+
+def event_id(account: str, sequence: str) -> str:
+    """``ACCOUNT:N``: N from the account's event sequence (what the contract calls unique)."""
+    return f"{account}:{sequence}"
 
 
 def unexpected(reply: object) -> ResponseError:
@@ -367,7 +372,7 @@ def _moves(call: AccountCall, reply: Sequence[object], now_ms: int) -> list[Move
                 reason,
                 now_ms,
                 previous,
-                f"{call.account}:{event}",
+                event_id(call.account, event),
                 outbox_id,
                 after,
                 int(waited) if waited.isdigit() else None,

@@ -147,7 +147,7 @@ class Rota:
         pipe.hget(keys.replied(account, number), customer)
         pipe.hexists(keys.queued(account, number), customer)
         pipe.hget(keys.tried(account, number), customer)
-        pipe.zscore(keys.timers(account), f"{number}:{customer}")
+        pipe.zscore(keys.timers(account), keys.timer(number, customer))
         *texts, queued, tried, due = pipe.execute()
         holder, owner, replied = (None if v is None else _text(v) for v in texts)
         if queued:

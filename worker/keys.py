@@ -90,6 +90,12 @@ def timers(account: str) -> str:
     return f"{account_prefix(account)}:timers"
 
 
+def timer(number_: str, customer: str = "") -> str:
+    """A member of ``timers``: ``NUMBER:CUSTOMER`` for a conversation's timer, ``NUMBER`` for a
+    number's waiting queue (lua/decide.lua spells the same)."""
+    return f"{number_}:{customer}" if customer else number_
+
+
 def outbox(account: str) -> str:
     """Conversation events written by the same script as the change they tell of, until a
     worker has copied them to the events stream."""

@@ -394,15 +394,16 @@ class Runner:
         now = self.clock.now_ms()
         batch = self.assigner.decide_batch(self.transport, [m for _, m in valid], now)
         outcomes, moves_after = batch.outcomes, _moves_after(batch.moves)
-        decided: list[tuple[Record, Decision]] = [(m.record(), _MOVED) for m in moves_after(-1)]
+        # Each record to publish, and whether this batch made it (not a repeated decision).
+        decided: list[tuple[Record, bool]] = [(m.record(), True) for m in moves_after(-1)]
         deferred: list[Entry] = []
         refused: list[Entry] = []
         held_refusal: ResponseError | None = None
         for k, ((entry, message), outcome) in enumerate(zip(valid, outcomes, strict=True)):
             if isinstance(outcome, Decision):
                 if outcome.published:
-                    decided.append((Record.of(message, outcome), outcome))
-                decided.extend((move.record(), _MOVED) for move in moves_after(k))
+                    decided.append((Record.of(message, outcome), outcome.new))
+                decided.extend((move.record(), True) for move in moves_after(k))
                 if self._debug:
                     self._log_decision(message, outcome)
             elif isinstance(outcome, Rejection):
@@ -426,7 +427,7 @@ class Runner:
                 continue
             done.append(entry.inbound_id)
         records = [record for record, _ in decided]
-        new = [record for record, decision in decided if decision.new]
+        new = [record for record, made in decided if made]
         self._publish(lane, len(entries), records, dead, done, now, new, batch)
         if deferred:
             stream.defer(self.client, lane.settings, self.consumer, deferred)
@@ -528,10 +529,6 @@ class Runner:
             user=decision.user,
             reason=decision.reason,
         )
-
-
-# What a move's record is published with in place of a message's decision: made now.
-_MOVED = Decision("", "moved", 0)
 
 
 def _moves_after(moves: Sequence[Move]) -> Callable[[int], list[Move]]:

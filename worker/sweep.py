@@ -89,8 +89,7 @@ def mark_swept(accounts: set[str]) -> Command:
 def forget(transport: Transport, gone: list[Message]) -> None:
     """Timers of numbers that no longer have settings: nothing can fire them."""
     commands: list[Command] = [
-        ("ZREM", keys.timers(m.account), f"{m.number}:{m.customer}" if m.customer else m.number)
-        for m in gone
+        ("ZREM", keys.timers(m.account), keys.timer(m.number, m.customer)) for m in gone
     ]
     if commands:
         check_replies(transport.execute(commands))
