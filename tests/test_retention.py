@@ -54,9 +54,7 @@ def test_inbound_stream_stays_short_over_a_long_run(
     for round_ in range(ROUNDS):
         message_ids += given_new_customers(rd, PER_ROUND, start=round_ * PER_ROUND)
         wait_until(lambda: drained(rd), 60, "the round decided and acknowledged")
-        wait_until(
-            lambda: rd.xlen(STREAM) <= node_entries, 10, "trimmed to the last stream node"
-        )
+        wait_until(lambda: rd.xlen(STREAM) <= node_entries, 10, "trimmed to the last stream node")
         lengths.append(rd.xlen(STREAM))
         sizes.append(rd.memory_usage(STREAM))
     worker.send_signal(signal.SIGTERM)
