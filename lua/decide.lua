@@ -175,6 +175,11 @@ end
 
 -- A variadic read of many values, BATCH at a time; the replies joined.
 local function readMany(key, command, values)
+  if #values == 0 then
+    return {}
+  elseif #values <= BATCH then
+    return read(key, command, unpack(values))
+  end
   local joined, count = {}, 0
   for first = 1, #values, BATCH do
     local part = read(key, command, unpack(values, first, math.min(first + BATCH - 1, #values)))
@@ -446,7 +451,7 @@ end
 
 -- Whether a user is available now: the status read, and heard from within the TTL.
 local function available(user)
-  local acc = accountState()
+  local acc = account or accountState()
   if acc.statusOk[user] == nil then
     readPresence({user})
   end
@@ -475,7 +480,10 @@ local function withinCapacity(num, user)
 end
 
 local function eligible(num, user)
-  return (not num.onlineOnly or available(user)) and withinCapacity(num, user)
+  if num.onlineOnly and not available(user) then
+    return false
+  end
+  return num.capacity == 0 or loadOf(num, user) < num.capacity
 end
 
 -- Places first..last of L (0-based, within 0..n-1) read, with their users' presence. L just
@@ -564,12 +572,12 @@ local function roundRobin(num, skip)
   end
   local start = num.cursor % n
   if not num.eligible then
-    local places = num.places
+    local places, statusOk = num.places, accountState().statusOk
     local walk = n < FULL_AFTER and n or FULL_AFTER
     for i = 0, walk - 1 do
       local place = (start + i) % n
       local user = places[place + 1]
-      if not user or (num.onlineOnly and accountState().statusOk[user] == nil) then
+      if not user or (num.onlineOnly and statusOk[user] == nil) then
         readPlaces(num, place, math.min(place + num.chunk, n) - 1)
         user = places[place + 1]
       end
@@ -653,24 +661,25 @@ local function hold(num, from, to)
   if from == to then
     return
   end
-  local users = {from, to}
-  for _, user in ipairs(users) do
-    if user and num.capacity > 0 then
-      eligible(num, user)
-    end
+  local capped = num.capacity > 0
+  if capped and from then
+    eligible(num, from)
   end
+  if capped and to then
+    eligible(num, to)
+  end
+  local delta = num.loadDelta
   if from then
-    num.loadDelta[from] = (num.loadDelta[from] or 0) - 1
+    delta[from] = (delta[from] or 0) - 1
   end
   if to then
-    num.loadDelta[to] = (num.loadDelta[to] or 0) + 1
+    delta[to] = (delta[to] or 0) + 1
   end
-  if num.capacity > 0 then
-    for _, user in ipairs(users) do
-      if user then
-        refresh(num, user)
-      end
-    end
+  if capped and from then
+    refresh(num, from)
+  end
+  if capped and to then
+    refresh(num, to)
   end
 end
 
@@ -1265,6 +1274,15 @@ end
 local state, changed = writes.state, writes.changed
 local timerWrites, timerDeletes = {}, {}
 local changes = {}
+-- The customer's field of a hash to write (`set`, value; true writes '1') or, for value false,
+-- to delete (`unset`).
+local function note(customer, set, unset, value)
+  if value then
+    set[#set + 1], set[#set + 2] = customer, value == true and '1' or value
+  else
+    unset[#unset + 1] = customer
+  end
+end
 for r = 1, writes.roots do
   local j = writes.numberOf[r]
   if j > 0 and writes.root[r] == r and writes.touched[r] then
@@ -1275,28 +1293,20 @@ for r = 1, writes.roots do
       changes[j] = change
     end
     local customer = writes.customers[r]
-    -- A hash's pairs or its fields to delete: value false deletes, true writes '1'.
-    local function note(set, unset, value)
-      if value then
-        set[#set + 1], set[#set + 2] = customer, value == true and '1' or value
-      else
-        unset[#unset + 1] = customer
-      end
-    end
     if changed.owner[r] then
-      note(change.owners, nil, state.owner[r])
+      note(customer, change.owners, nil, state.owner[r])
     end
     if changed.holder[r] then
-      note(change.open, change.closed, state.holder[r])
+      note(customer, change.open, change.closed, state.holder[r])
     end
     if changed.replied[r] then
-      note(change.replied, change.unreplied, state.replied[r])
+      note(customer, change.replied, change.unreplied, state.replied[r])
     end
     if changed.queuedAt[r] then
-      note(change.queued, change.unqueued, state.queuedAt[r] and tostring(state.queuedAt[r]))
+      note(customer, change.queued, change.unqueued, state.queuedAt[r] and tostring(state.queuedAt[r]))
     end
     if changed.tried[r] then
-      note(change.tried, change.untried, state.tried[r] and table.concat(state.tried[r], ','))
+      note(customer, change.tried, change.untried, state.tried[r] and table.concat(state.tried[r], ','))
     end
     if changed.deadline[r] then
       local member = timerMember(writes.numbers[j], customer)
