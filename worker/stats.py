@@ -155,8 +155,8 @@ def waiting(client: Any) -> dict[str, dict[str, Any]]:
 
 
 def account(client: Any, account_name: str) -> dict[str, Any]:
-    """One account: its queue, chats per user today and, per number, who is eligible and
-    next and its queue."""
+    """One account: its queue (its numbers' together), chats per user today and, per number,
+    who is eligible and next and its queue."""
     now_ms = clock.server_ms(client)  # the day the workers count on
     numbers = {}
     found = sorted(index.names(client, [account_name]).get(account_name, {}).get("number", ()))
@@ -170,9 +170,11 @@ def account(client: Any, account_name: str) -> dict[str, Any]:
                 "queue": shown["queue"],
                 "oldest_wait_ms": shown["oldest_wait_ms"],
             }
+    waits = [shown["oldest_wait_ms"] for shown in numbers.values()]
     return {
         "account": account_name,
-        **queues(client, [account_name])[account_name],
+        "queue": sum(shown["queue"] for shown in numbers.values()),
+        "oldest_wait_ms": max((wait for wait in waits if wait is not None), default=None),
         "day": chats.day(now_ms),
         "chats_today": chats.today(client, account_name, now_ms),
         "numbers": numbers,
