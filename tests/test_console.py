@@ -70,7 +70,7 @@ class Served:
             host="127.0.0.1",
             port=self.port,
             log_level="warning",
-            lifespan="off",
+            lifespan="on",  # as rota serve runs it: the services are set at startup
             ws="none",
             access_log=False,
         )

@@ -16,7 +16,7 @@ from tests.conftest import ON_SINGLE_AND_CLUSTER, make_settings
 from tests.helpers import events, given_number, given_presence, run_burst
 from tests.redis_server import RedisServer, free_port
 from tests.test_security import PASSWORD, acl_denials, readme_acl_line
-from worker import admin, keys, partitions
+from worker import admin, connection, keys, partitions
 from worker.http.app import create_app
 from worker.http.whatsapp import SIGNATURE_HEADER, signature
 from worker.settings import Settings
@@ -218,8 +218,8 @@ def test_an_image_message_has_its_type_and_no_text(
 
 
 class Counting:
-    """A client that counts what is sent to Redis: direct commands, and pipelines with the
-    commands each held."""
+    """An asyncio client (the webhook's) that counts what is sent to Redis: direct commands,
+    and pipelines with the commands each held."""
 
     def __init__(self, client: Any) -> None:
         self.client = client
@@ -233,9 +233,9 @@ class Counting:
             def __getattr__(self, name: str) -> Any:
                 return getattr(inner, name)
 
-            def execute(self) -> Any:
+            async def execute(self) -> Any:
                 counting.pipelines.append(len(inner.command_stack))
-                return inner.execute()
+                return await inner.execute()
 
         return Pipe()
 
@@ -259,8 +259,8 @@ def test_several_messages_and_contacts_of_one_delivery_go_on_in_one_round_trip(
         OTHER_PHONE_ID,
         "+1 555-078-9999",
     )
-    counting = Counting(rd)
-    with TestClient(create_app(settings, counting)) as web:
+    counting = Counting(connection.connect_async(settings))
+    with TestClient(create_app(settings, rd, counting)) as web:
         answer = post(web, delivery(first, second))
     # Then each message is one entry, in order, names matched by wa_id, numbers normalised
     assert (answer.status_code, answer.json()) == (200, {"written": 3})
@@ -271,8 +271,9 @@ def test_several_messages_and_contacts_of_one_delivery_go_on_in_one_round_trip(
         ("wamid.3", OTHER_DISPLAY, RAJ, "Raj"),
     ]
     assert [e.get("text") for e in entries] == ["hello", None, "second number"]
-    # And Redis was asked once for the accounts and once (one pipeline) for every entry
-    assert counting.commands == ["hmget"]
+    # And Redis was asked once for the accounts and once (one pipeline) for every entry; the
+    # client was closed when the application stopped
+    assert counting.commands == ["hmget", "aclose"]
     assert counting.pipelines == [3]
 
 

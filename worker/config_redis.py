@@ -41,7 +41,7 @@ from redis.exceptions import RedisClusterException
 
 from worker import index, keys
 from worker.config import MAX_WHOLE, AccountConfig, Config, NumberConfig
-from worker.connection import refusal
+from worker.connection import AsyncClient, refusal
 from worker.keys import group_name
 
 FLAGS = ("assign_unknown", "online_only", "owner_online_only")
@@ -444,17 +444,19 @@ def _queue_prune(pipe: Any, account: str, groups: set[str], numbers: set[str]) -
 # --- rota:whatsapp: phone_number_id -> the number that has it -------------------------------
 
 
-def whatsapp_accounts(client: Any, phone_number_ids: Collection[str]) -> dict[str, str]:
+async def whatsapp_accounts(
+    client: AsyncClient, phone_number_ids: Collection[str]
+) -> dict[str, str]:
     """phone_number_id -> the account of the number that has it, for the ids listed (one
-    HMGET), from a decoding client."""
+    HMGET), from a decoding asyncio client (the webhook's)."""
     wanted = list(phone_number_ids)
     if not wanted:
         return {}
-    found = client.hmget(keys.whatsapp_numbers(), wanted)
+    found = await client.hmget(keys.whatsapp_numbers(), wanted)
     return {
         phone_number_id: owner.partition(" ")[0]
         for phone_number_id, owner in zip(wanted, found, strict=True)
-        if owner
+        if isinstance(owner, str) and owner
     }
 
 

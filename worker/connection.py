@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import redis
+import redis.asyncio
+import redis.asyncio.retry
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.exceptions import (
@@ -131,20 +133,40 @@ def no_retry() -> Retry:
     return Retry(NoBackoff(), 0)
 
 
-def connect(settings: Settings, decode: bool = False, blocking: bool = False) -> Any:
-    """``blocking``: for the worker, whose reads wait up to ROTA_BLOCK_MS for new entries; its
-    socket timeout is that much longer, else the client would time out mid-block."""
-    wait_s = settings.socket_timeout_s + (settings.block_ms / 1000 if blocking else 0)
-    options: dict[str, Any] = {
+AsyncClient = redis.asyncio.Redis | redis.asyncio.RedisCluster
+
+
+def _options(settings: Settings, decode: bool, wait_s: float) -> dict[str, Any]:
+    return {
         "decode_responses": decode,
         "socket_timeout": wait_s,
         "socket_connect_timeout": settings.socket_connect_timeout_s,
         "health_check_interval": 30,
-        "retry": no_retry(),
     }
+
+
+def connect(settings: Settings, decode: bool = False, blocking: bool = False) -> Any:
+    """``blocking``: for the worker, whose reads wait up to ROTA_BLOCK_MS for new entries; its
+    socket timeout is that much longer, else the client would time out mid-block."""
+    wait_s = settings.socket_timeout_s + (settings.block_ms / 1000 if blocking else 0)
+    options = {**_options(settings, decode, wait_s), "retry": no_retry()}
     address = url(settings)
     seed = cluster_url(address)
     if seed is not None:
         # Redirections (MOVED, ASK) and TRYAGAIN are still followed: they are not retries.
         return RedisCluster.from_url(seed, **options)
     return redis.Redis.from_url(address, **options)
+
+
+def connect_async(settings: Settings) -> AsyncClient:
+    """A decoding asyncio client, as ``connect`` makes one, for code on an event loop (``rota
+    serve``'s webhook): it connects at its first command, on the loop that runs it."""
+    options = {
+        **_options(settings, True, settings.socket_timeout_s),
+        "retry": redis.asyncio.retry.Retry(NoBackoff(), 0),
+    }
+    address = url(settings)
+    seed = cluster_url(address)
+    if seed is not None:
+        return redis.asyncio.RedisCluster.from_url(seed, **options)
+    return redis.asyncio.Redis.from_url(address, **options)

@@ -3,6 +3,8 @@ Python API live on ``app.state`` (see ``Services``), never in module globals."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,16 +12,20 @@ from fastapi import FastAPI, Request
 
 from worker import connection
 from worker.client import Rota
+from worker.connection import AsyncClient
 from worker.settings import Settings
 
 
 @dataclass(frozen=True)
 class Services:
-    """What every route uses: the settings, a decoding Redis client, and the Python API."""
+    """What every route uses: the settings, a decoding Redis client, the Python API; and for
+    the webhook, an asyncio client, so that a delivery is written on the event loop without a
+    thread to hand it to and back (a third of the CPU of a delivery at a thousand a second)."""
 
     settings: Settings
     client: Any
     rota: Rota
+    deliveries: AsyncClient
 
 
 def services(request: Request) -> Services:
@@ -28,14 +34,30 @@ def services(request: Request) -> Services:
     return found
 
 
-def create_app(settings: Settings, client: Any | None = None) -> FastAPI:
-    """The application; ``client`` (a decoding redis-py client) is made from the settings when
-    not given (tests pass their own)."""
+def create_app(
+    settings: Settings, client: Any | None = None, deliveries: AsyncClient | None = None
+) -> FastAPI:
+    """The application; ``client`` (a decoding redis-py client) and ``deliveries`` (an asyncio
+    one) are made from the settings when not given (tests pass their own). The services are
+    set when the application starts, on the loop that serves it, and the asyncio client is
+    closed when it stops."""
     from worker.http import api, console, whatsapp
 
-    client = client if client is not None else connection.connect(settings, decode=True)
-    app = FastAPI(title="Rota", version=_version(), docs_url=None, redoc_url=None)
-    app.state.services = Services(settings, client, Rota(client, settings))
+    sync_client = client if client is not None else connection.connect(settings, decode=True)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        writer = deliveries if deliveries is not None else connection.connect_async(settings)
+        rota = Rota(sync_client, settings)
+        app.state.services = Services(settings, sync_client, rota, writer)
+        try:
+            yield
+        finally:
+            await writer.aclose()
+
+    app = FastAPI(
+        title="Rota", version=_version(), docs_url=None, redoc_url=None, lifespan=lifespan
+    )
     app.include_router(whatsapp.router)
     app.include_router(api.router)
     app.include_router(console.router)

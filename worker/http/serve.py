@@ -80,6 +80,7 @@ def _serve(settings: Settings, app: Any, sock: socket.socket, log: Any) -> None:
         app,
         log_config=None,  # uvicorn's loggers go through route_stdlib: one format per process
         access_log=False,
+        lifespan="on",  # the services are set at startup: one that fails stops the server
         server_header=False,
         timeout_graceful_shutdown=math.ceil(settings.shutdown_budget_s),
     )

@@ -4,8 +4,8 @@
 against ``X-Hub-Signature-256`` (HMAC-SHA256 under ``ROTA_WHATSAPP_APP_SECRET``, constant time)
 before it is even parsed, then each ``entry[].changes[].value.messages[]`` item becomes one
 inbound entry, all of them written in one pipeline onto the inbound stream of their account
-(its partition). Status callbacks and other webhook fields carry no ``messages`` and write
-nothing.
+(its partition), by an asyncio client on the event loop. Status callbacks and other webhook
+fields carry no ``messages`` and write nothing.
 
 Answers: 200 once every entry is on its stream; 400 for a body that is not JSON or not of the
 shape Meta documents; 403 for a missing or wrong signature (or no secret configured); 413 past
@@ -33,7 +33,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import SecretStr
 from redis.exceptions import RedisClusterException
-from starlette.concurrency import run_in_threadpool
+from redis.typing import EncodableT, FieldT
 
 from worker import config_redis, messages, partitions, words
 from worker.http.app import Services, services
@@ -94,7 +94,7 @@ async def deliver(request: Request) -> Response:
     if not items:  # statuses, other webhook fields: nothing to write, nothing to ask Redis
         return JSONResponse({"written": 0})
     try:
-        written = await run_in_threadpool(write, found, items)
+        written = await write(found, items)
     except (redis.RedisError, RedisClusterException) as failure:
         reason = (str(failure).splitlines() or [type(failure).__name__])[0]
         logger(settings).error("whatsapp delivery not written", error=reason)
@@ -250,11 +250,11 @@ def _checked_string(value: Any, where: str) -> str:
 # --- Writing --------------------------------------------------------------------------------
 
 
-def write(found: Services, items: Sequence[Inbound]) -> int:
+async def write(found: Services, items: Sequence[Inbound]) -> int:
     """The accounts of the delivery's numbers (one HMGET), then every entry in one pipeline,
-    each on its account's inbound stream. Runs off the event loop: redis-py blocks."""
-    settings, client = found.settings, found.client
-    accounts = config_redis.whatsapp_accounts(client, {i.phone_number_id for i in items})
+    each on its account's inbound stream."""
+    settings, client = found.settings, found.deliveries
+    accounts = await config_redis.whatsapp_accounts(client, {i.phone_number_id for i in items})
     pipe = client.pipeline(transaction=False)
     for item in items:
         account = accounts.get(item.phone_number_id, words.DEFAULT_ACCOUNT)
@@ -268,8 +268,9 @@ def write(found: Services, items: Sequence[Inbound]) -> int:
                 account=account,
                 message_id=item.fields["message_id"][:256],
             )
-        pipe.xadd(partitions.inbound_stream(settings, account), fields)
-    pipe.execute()
+        entry = dict[FieldT, EncodableT](fields.items())  # the same pairs, as redis-py types them
+        pipe.xadd(partitions.inbound_stream(settings, account), entry)
+    await pipe.execute()
     return len(items)
 
 
