@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from worker import connection
 from worker.client import Rota
@@ -26,6 +27,23 @@ class Services:
     client: Any
     rota: Rota
     deliveries: AsyncClient
+
+
+class Application(FastAPI):
+    """FastAPI, but for one path, whose requests go straight to its own routes, past FastAPI's
+    middleware (errors, exceptions, body limit, telemetry) and the API's routing: the webhook,
+    which answers every refusal itself."""
+
+    def __init__(self, path: str, routes: ASGIApp, **options: Any) -> None:
+        super().__init__(**options)
+        self._direct_path, self._direct = path, routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == self._direct_path:
+            scope["app"] = self  # what Request.app finds, as Starlette would set it
+            await self._direct(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
 
 
 def services(request: Request) -> Services:
@@ -55,10 +73,15 @@ def create_app(
         finally:
             await writer.aclose()
 
-    app = FastAPI(
-        title="Rota", version=_version(), docs_url=None, redoc_url=None, lifespan=lifespan
+    app = Application(
+        whatsapp.PATH,
+        whatsapp.routes,
+        title="Rota",
+        version=_version(),
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
     )
-    app.include_router(whatsapp.router)
     app.include_router(api.router)
     app.include_router(console.router)
     return app

@@ -29,17 +29,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import SecretStr
 from redis.exceptions import RedisClusterException
 from redis.typing import EncodableT, FieldT
+from starlette.routing import Route, Router
 
 from worker import config_redis, messages, partitions, words
 from worker.http.app import Services, services
 from worker.log import logger
-
-router = APIRouter()  # its routes are plain Starlette ones: see the end of this module
 
 SIGNATURE_HEADER = "x-hub-signature-256"
 SIGNATURE_SCHEME = "sha256="
@@ -47,6 +46,14 @@ SIGNATURE_SCHEME = "sha256="
 
 class Malformed(ValueError):
     """A body that is not a delivery of the shape Meta documents: the one-line reason."""
+
+
+class Refused(Exception):
+    """A delivery answered with ``status`` and the one-line ``detail``, nothing written."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.detail = status, detail
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,24 +89,32 @@ def _matches(token: SecretStr | None, given: str | None) -> bool:
 
 
 async def deliver(request: Request) -> Response:
+    """The answer to a delivery; a refusal's detail as FastAPI's errors give it."""
+    try:
+        written = await _deliver(request)
+    except Refused as refused:
+        return JSONResponse({"detail": refused.detail}, status_code=refused.status)
+    return JSONResponse({"written": written})
+
+
+async def _deliver(request: Request) -> int:
     found = services(request)
     settings = found.settings
     body = await _body(request, settings.http_max_body_bytes)
     if not signed(settings.whatsapp_app_secret, request.headers.get(SIGNATURE_HEADER), body):
-        raise HTTPException(403, f"{SIGNATURE_HEADER} is missing or wrong")
+        raise Refused(403, f"{SIGNATURE_HEADER} is missing or wrong")
     try:
         items = inbound(_json(body))
     except Malformed as malformed:
-        raise HTTPException(400, str(malformed)) from None
+        raise Refused(400, str(malformed)) from None
     if not items:  # statuses, other webhook fields: nothing to write, nothing to ask Redis
-        return JSONResponse({"written": 0})
+        return 0
     try:
-        written = await write(found, items)
+        return await write(found, items)
     except (redis.RedisError, RedisClusterException) as failure:
         reason = (str(failure).splitlines() or [type(failure).__name__])[0]
         logger(settings).error("whatsapp delivery not written", error=reason)
-        raise HTTPException(503, "Redis could not take the messages; deliver again") from None
-    return JSONResponse({"written": written})
+        raise Refused(503, "Redis could not take the messages; deliver again") from None
 
 
 async def _body(request: Request, limit: int) -> bytes:
@@ -107,12 +122,12 @@ async def _body(request: Request, limit: int) -> bytes:
     it is read, else as soon as the chunks read pass it."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise HTTPException(413, f"the body is over ROTA_HTTP_MAX_BODY_BYTES ({limit} bytes)")
+        raise Refused(413, f"the body is over ROTA_HTTP_MAX_BODY_BYTES ({limit} bytes)")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise HTTPException(413, f"the body is over ROTA_HTTP_MAX_BODY_BYTES ({limit} bytes)")
+            raise Refused(413, f"the body is over ROTA_HTTP_MAX_BODY_BYTES ({limit} bytes)")
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -274,8 +289,9 @@ async def write(found: Services, items: Sequence[Inbound]) -> int:
     return len(items)
 
 
-# Plain Starlette routes, not FastAPI's: the webhook's shape is Meta's, not part of the API's
-# OpenAPI, and at a thousand deliveries a second FastAPI's per-request dependency and response
-# handling was a quarter of the application's CPU.
-router.add_route("/whatsapp", verify, methods=["GET"], include_in_schema=False)
-router.add_route("/whatsapp", deliver, methods=["POST"], include_in_schema=False)
+# The webhook's shape is Meta's, not part of the API's OpenAPI, and at a thousand deliveries a
+# second FastAPI's per-request dependency and response handling, its middleware and routing
+# cost more CPU than the delivery itself: plain Starlette routes, which the application
+# (worker.http.app) calls before any of FastAPI's.
+PATH = "/whatsapp"
+routes = Router([Route(PATH, verify, methods=["GET"]), Route(PATH, deliver, methods=["POST"])])
