@@ -20,8 +20,8 @@ from worker.settings import Settings
 @dataclass(frozen=True)
 class Services:
     """What every route uses: the settings, a decoding Redis client, the Python API; and for
-    the webhook, an asyncio client, so that a delivery is written on the event loop without a
-    thread to hand it to and back (a third of the CPU of a delivery at a thousand a second)."""
+    the webhook, an asyncio client, so that a delivery is written on the event loop, not
+    handed to a thread and back (the README's benchmark section has what that costs)."""
 
     settings: Settings
     client: Any
