@@ -451,7 +451,7 @@ end
 
 -- Whether a user is available now: the status read, and heard from within the TTL.
 local function available(user)
-  local acc = account or accountState()
+  local acc = accountState()
   if acc.statusOk[user] == nil then
     readPresence({user})
   end
@@ -483,7 +483,7 @@ local function eligible(num, user)
   if num.onlineOnly and not available(user) then
     return false
   end
-  return num.capacity == 0 or loadOf(num, user) < num.capacity
+  return withinCapacity(num, user)
 end
 
 -- Places first..last of L (0-based, within 0..n-1) read, with their users' presence. L just
@@ -1303,10 +1303,12 @@ for r = 1, writes.roots do
       note(customer, change.replied, change.unreplied, state.replied[r])
     end
     if changed.queuedAt[r] then
-      note(customer, change.queued, change.unqueued, state.queuedAt[r] and tostring(state.queuedAt[r]))
+      local since = state.queuedAt[r]
+      note(customer, change.queued, change.unqueued, since and tostring(since))
     end
     if changed.tried[r] then
-      note(customer, change.tried, change.untried, state.tried[r] and table.concat(state.tried[r], ','))
+      local users = state.tried[r]
+      note(customer, change.tried, change.untried, users and table.concat(users, ','))
     end
     if changed.deadline[r] then
       local member = timerMember(writes.numbers[j], customer)
