@@ -26,7 +26,7 @@ import hmac
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
 from fastapi import Request
@@ -265,6 +265,9 @@ def _checked_string(value: Any, where: str) -> str:
 # --- Writing --------------------------------------------------------------------------------
 
 
+RedisFields = dict[FieldT, EncodableT]  # what redis-py's xadd declares it takes
+
+
 async def write(found: Services, items: Sequence[Inbound]) -> int:
     """The accounts of the delivery's numbers (one HMGET), then every entry in one pipeline,
     each on its account's inbound stream."""
@@ -283,8 +286,8 @@ async def write(found: Services, items: Sequence[Inbound]) -> int:
                 account=account,
                 message_id=item.fields["message_id"][:256],
             )
-        entry = dict[FieldT, EncodableT](fields.items())  # the same pairs, as redis-py types them
-        pipe.xadd(partitions.inbound_stream(settings, account), entry)
+        # The same dict: redis-py's parameter is a dict of its own (invariant) types.
+        pipe.xadd(partitions.inbound_stream(settings, account), cast(RedisFields, fields))
     await pipe.execute()
     return len(items)
 
