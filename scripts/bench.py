@@ -2,7 +2,10 @@
 
 Parts (the machine is shared, so each figure is set against a baseline measured in the same run):
   0 null     the stream work alone: 2 processes XREADGROUP a batch, XADD an event per entry and
-             XACK, no decision: what Rota's decisions are measured against
+             XACK, no decision: what Rota's decisions are measured against; then the state
+             floor: the same with one EVALSHA a batch of scripts/state_floor.lua, which reads
+             and writes only the state the contract makes every decision keep (no rule): the
+             least any decision under the contract costs
   1 ceiling  redis-benchmark calling lua/decide.lua (EVALSHA) for new customers
   2 e2e      messages already on rota:inbound, drained by 1, then 2, `rota worker --burst`
   3 latency  2 workers, a producer paced at 5,000 msg/s, XADD -> decision on rota:assignments
@@ -167,6 +170,7 @@ class Bench:
     logs: dict[int, Path] = field(default_factory=dict)  # pid -> its output
     scripts: Any = None  # worker.scripts.Scripts, read once: the source may change during a run
     null: Null | None = None  # part 0
+    floor: Null | None = None  # part 0: the state floor
     ceiling: float | None = None  # decisions/s, part 1
     rota2: float | None = None  # msg/s with 2 workers, part 2
     worker_rss_mib: float | None = None
@@ -380,33 +384,64 @@ class Null:
     redis_cpu_us: float  # Redis CPU (INFO cpu) per message
 
 
-def null_consumer(url: str, name: str) -> None:
+STATE_FLOOR = ROOT / "scripts" / "state_floor.lua"
+
+
+def floor_keys(now: int) -> list[str]:
+    """KEYS of scripts/state_floor.lua for the bench's number, in the bucket of ``now``."""
+    bucket = now // (DEDUP_WINDOW_S * 1000)
+    return [
+        keys.dedup(ACCOUNT, bucket),
+        keys.dedup(ACCOUNT, bucket - 1),
+        keys.owners(ACCOUNT, NUMBER),
+        keys.open_conversations(ACCOUNT, NUMBER),
+        keys.open_counts(ACCOUNT, NUMBER),
+        keys.cursor(ACCOUNT, NUMBER),
+        keys.rotation(ACCOUNT, NUMBER),
+    ]
+
+
+def stream_consumer(url: str, name: str, floor: bool) -> None:
     """The worker's stream work without the decision: read a batch, publish an event of the
-    decision's size per entry, acknowledge; redis-py pipelines, as a plain client would."""
+    decision's size per entry, acknowledge; redis-py pipelines, as a plain client would. With
+    ``floor``, each batch's users come from one call of scripts/state_floor.lua."""
     client: Any = redis.Redis.from_url(url)
+    sha = client.script_load(STATE_FLOOR.read_text()) if floor else ""
+    number = NUMBER.encode()
     while True:
         reply = client.xreadgroup(GROUP, name, {INBOUND: ">"}, count=BATCH)
         if not reply or not reply[0][1]:
             return
         entries = reply[0][1]
+        now = now_ms()
+        at = str(now).encode()
+        chosen = [b"agent0001"] * len(entries)
+        if floor:
+            pairs = [
+                part for _, f in entries for part in (f[b"from"], number + b":" + f[b"message_id"])
+            ]
+            expire_at = now + 2 * DEDUP_WINDOW_S * 1000
+            chosen = client.evalsha(sha, 7, *floor_keys(now), now, expire_at, *pairs)
         pipe = client.pipeline(transaction=False)
-        for entry_id, fields in entries:
-            event = {**fields, b"user": b"agent0001", b"reason": b"round_robin"}
-            pipe.xadd(EVENTS, {**event, b"at": b"1700000000000", b"inbound_id": entry_id})
+        for (entry_id, fields), user in zip(entries, chosen, strict=True):
+            event = {**fields, b"user": user, b"reason": b"round_robin"}
+            pipe.xadd(EVENTS, {**event, b"at": at, b"inbound_id": entry_id})
         pipe.xack(INBOUND, GROUP, *(entry_id for entry_id, _ in entries))
         pipe.execute()
 
 
-def part_null(bench: Bench) -> None:
+def stream_work(bench: Bench, floor: bool) -> Null:
+    """The e2e load drained by WORKERS stream_consumer processes (spawn to exit)."""
     count = bench.sizes.e2e
     fresh(bench, 8)
-    push(bench, count, "wamid.null")
+    if floor:
+        bench.rb.rpush(keys.rotation(ACCOUNT, NUMBER), *users(8))  # as decide.lua compiles it
+    push(bench, count, f"wamid.{'floor' if floor else 'null'}")
     bench.rb.xgroup_create(INBOUND, GROUP, id="0")
-    log(f"0 null: {count:,} messages, {WORKERS} processes: XREADGROUP {BATCH}, XADD, XACK")
     ctx = mp.get_context("spawn")  # a fresh interpreter, as a worker process starts
     redis_before, start = redis_cpu_s(bench.rb), time.perf_counter()
     procs = [
-        ctx.Process(target=null_consumer, args=(bench.server.url, f"null-{i}"), daemon=True)
+        ctx.Process(target=stream_consumer, args=(bench.server.url, f"c-{i}", floor), daemon=True)
         for i in range(WORKERS)
     ]
     for proc in procs:
@@ -414,15 +449,35 @@ def part_null(bench: Bench) -> None:
     for proc in procs:
         proc.join(600)
     wall = time.perf_counter() - start
-    check(all(p.exitcode == 0 for p in procs), "a null pipeline process failed")
+    check(all(p.exitcode == 0 for p in procs), "a stream work process failed")
     verify_drained(bench, count)
-    result = Null(count / wall, (redis_cpu_s(bench.rb) - redis_before) * 1e6 / count)
-    bench.null = result
+    if floor:  # every customer owned, in turn, as Rota's round robin would give them
+        given = spread(bench.rb, keys.owners(ACCOUNT, NUMBER), 8)
+        even = given.low * 8 == count and given.high == given.low
+        check(even, f"the state floor gave {count:,} customers as {given.text()}")
+    return Null(count / wall, (redis_cpu_s(bench.rb) - redis_before) * 1e6 / count)
+
+
+def part_null(bench: Bench) -> None:
+    count = bench.sizes.e2e
+    log(f"0 null: {count:,} messages, {WORKERS} processes: XREADGROUP {BATCH}, XADD, XACK")
+    result = bench.null = stream_work(bench, floor=False)
     figure = f"null pipeline, {WORKERS} processes (spawn to exit), {count:,} msgs"
     bench.report.add("0 null", figure, f"{result.per_s:,.0f} msg/s", "baseline")
     cpu = f"{result.redis_cpu_us:.1f} µs"
     bench.report.add("0 null", "  Redis CPU per message (INFO cpu)", cpu, "baseline")
     bench.report.figures["null"] = asdict(result)
+    log("0 null: the same with scripts/state_floor.lua deciding each batch")
+    floor = bench.floor = stream_work(bench, floor=True)
+    figure = "state floor: the same, plus the contract's reads and writes, no rule (one EVALSHA)"
+    versus = f"{floor.per_s / result.per_s:.2f}x null"
+    bench.report.add("0 null", figure, f"{floor.per_s:,.0f} msg/s", versus)
+    cpu, versus = (
+        f"{floor.redis_cpu_us:.1f} µs",
+        f"{floor.redis_cpu_us / result.redis_cpu_us:.2f}x null",
+    )
+    bench.report.add("0 null", "  Redis CPU per message (INFO cpu)", cpu, versus)
+    bench.report.figures["state_floor"] = asdict(floor)
 
 
 # ---------------------------------------------------------------- 1 and 5: decide.lua alone
@@ -563,7 +618,8 @@ def add_drain(bench: Bench, result: Drain, judged: bool) -> None:
     null = bench.null.per_s if bench.null else None
     ratio = result.per_s / null if null else None
     of_ceiling = f", {result.per_s / bench.ceiling:.2f}x ceiling" if bench.ceiling else ""
-    versus = (f"{ratio:.2f}x null" if ratio is not None else "n/a") + of_ceiling
+    of_floor = f", {result.per_s / bench.floor.per_s:.2f}x floor" if bench.floor else ""
+    versus = (f"{ratio:.2f}x null" if ratio is not None else "n/a") + of_floor + of_ceiling
     plural = "s" if result.workers > 1 else ""
     figure = f"{result.workers} rota worker{plural} --burst, {result.messages:,} msgs"
     value = f"{result.per_s:,.0f} msg/s"
@@ -592,6 +648,8 @@ def add_redis_cpu(bench: Bench, result: Drain, judged: bool) -> None:
         return
     ratio = per_message / bench.null.redis_cpu_us
     versus, target = f"{ratio:.2f}x null", f"≤ {TARGET_REDIS_CPU:g}x null"
+    if bench.floor:
+        versus += f", {per_message / bench.floor.redis_cpu_us:.2f}x floor"
     if judged:
         ok = ratio <= TARGET_REDIS_CPU
         bench.report.judge("2 end to end", figure, value, versus, target, ok)
@@ -894,7 +952,8 @@ def versus_rota(bench: Bench, peer_per_s: float, name: str) -> tuple[str, float 
         return "n/a", None
     ratio = bench.rota2 / peer_per_s
     bench.report.ratios.append(f"Rota {WORKERS} workers / {name}: {ratio:,.1f}x")
-    return f"Rota {ratio:,.1f}x", ratio
+    floor = f", state floor {bench.floor.per_s / peer_per_s:,.1f}x" if bench.floor else ""
+    return f"Rota {ratio:,.1f}x{floor}", ratio
 
 
 def part_peers(bench: Bench) -> None:
