@@ -387,9 +387,8 @@ class Null:
 STATE_FLOOR = ROOT / "scripts" / "state_floor.lua"
 
 
-def floor_keys(now: int) -> list[str]:
-    """KEYS of scripts/state_floor.lua for the bench's number, in the bucket of ``now``."""
-    bucket = now // (DEDUP_WINDOW_S * 1000)
+def floor_keys(bucket: int) -> list[str]:
+    """KEYS of scripts/state_floor.lua for the bench's number, in de-duplication ``bucket``."""
     return [
         keys.dedup(ACCOUNT, bucket),
         keys.dedup(ACCOUNT, bucket - 1),
@@ -420,8 +419,9 @@ def stream_consumer(url: str, name: str, floor: bool) -> None:
             pairs = [
                 part for _, f in entries for part in (f[b"from"], number + b":" + f[b"message_id"])
             ]
-            expire_at = now + 2 * DEDUP_WINDOW_S * 1000
-            chosen = client.evalsha(sha, 7, *floor_keys(now), now, expire_at, *pairs)
+            bucket = now // (DEDUP_WINDOW_S * 1000)  # and its expiry, as the worker's
+            expire_at = (bucket + 2) * DEDUP_WINDOW_S * 1000
+            chosen = client.evalsha(sha, 7, *floor_keys(bucket), now, expire_at, *pairs)
         pipe = client.pipeline(transaction=False)
         for (entry_id, fields), user in zip(entries, chosen, strict=True):
             event = {**fields, b"user": user, b"reason": b"round_robin"}
